@@ -1,0 +1,41 @@
+//! The daemon: opens the store, builds the fetcher, serves until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::fetch::Fetcher;
+use crate::server::{self, ServerError};
+use crate::source::{SourceError, Sources};
+use crate::store::{Store, StoreError};
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The store at the root could not be opened.
+    #[error("opening the store: {0}")]
+    Store(#[source] StoreError),
+    /// The sources could not be set up.
+    #[error("setting up sources: {0}")]
+    Sources(#[source] SourceError),
+    /// The server could not start or failed.
+    #[error(transparent)]
+    Server(ServerError),
+}
+
+/// Runs the daemon with `config` until `shutdown` completes. Tests pass their
+/// own shutdown future; the binary passes SIGINT/SIGTERM.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let store = Store::open(&config.root).map_err(DaemonError::Store)?;
+    let sources = Sources::new(config.file_roots.clone()).map_err(DaemonError::Sources)?;
+    tracing::info!(
+        root = %config.root.display(),
+        max_size = config.max_size,
+        file_roots = ?config.file_roots,
+        "store open"
+    );
+    let fetcher = Arc::new(Fetcher::new(Arc::new(store), sources, config.max_size));
+    server::serve(fetcher, &config.socket, shutdown)
+        .await
+        .map_err(DaemonError::Server)
+}

@@ -1,0 +1,35 @@
+//! assetd: a node-local daemon that puts large, immutable assets (VM kernels,
+//! root filesystem images, model weights) into a verified, content-addressed
+//! cache that every sandbox on the node shares read-only.
+//!
+//! Clients ask over gRPC on a unix socket: "make sure `sha256:X`, from this
+//! URL, is on this node". Bytes stream to a temp file while being hashed and
+//! counted under a size limit; only a verified, fsynced file is renamed into
+//! the cache.
+//!
+//! # Layout
+//!
+//! - [`digest`]: `sha256:<hex>` parsed once into a [`digest::Digest`].
+//! - [`config`]: the daemon's typed configuration and its defaults.
+//! - [`store`]: the on-disk cache: ingest (limit, hash, temp file), commit,
+//!   lookup, list, delete, startup sweep. Knows nothing of networks.
+//! - [`source`]: one module per URL scheme behind the [`source::Source`] trait.
+//!   Knows nothing of disk.
+//! - [`fetch`]: joins a source to the store under the limits.
+//! - [`server`]: the tonic edge on a unix socket; maps errors to statuses once.
+//! - [`daemon`]: wires them together and runs until shutdown.
+//! - [`proto`]: the generated `assetd.v1` messages, server and client.
+
+pub mod config;
+pub mod daemon;
+pub mod digest;
+pub mod fetch;
+pub mod server;
+pub mod source;
+pub mod store;
+
+/// The generated `assetd.v1` API.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("assetd.v1");
+}

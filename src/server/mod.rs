@@ -1,0 +1,85 @@
+//! The gRPC edge: the unix socket, the `assetd.v1.Assets` service, gRPC
+//! health and reflection. Requests are validated and errors mapped to
+//! `tonic::Status` here, once; no I/O logic lives here.
+
+mod assets;
+mod socket;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+
+use crate::fetch::Fetcher;
+use crate::proto::assets_server::AssetsServer;
+pub use assets::AssetsService;
+
+/// The encoded descriptors of `assetd.v1`, served by reflection.
+const DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("assetd_descriptor");
+
+/// A failure to start or run the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Another process answers on the socket.
+    #[error("another daemon is already serving {path}; stop it or choose another --socket")]
+    AlreadyServing {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// Something that is not a socket sits at the socket's path.
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Setting up the socket failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Building the reflection service failed.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed while serving.
+    #[error("serving: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the API on the unix socket `socket` until `shutdown` completes,
+/// then removes the socket file.
+pub async fn serve(
+    fetcher: Arc<Fetcher>,
+    socket: &Path,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let listener = socket::bind(socket)?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AssetsServer<AssetsService>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    // grpcurl 1.8.6 only speaks v1alpha.
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    tracing::info!(socket = %socket.display(), "serving");
+    let served = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AssetsServer::new(AssetsService::new(fetcher)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    socket::remove(socket);
+    served?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! The listening socket: one daemon per socket path.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::Path;
+
+use tokio::net::UnixListener;
+
+use super::ServerError;
+
+/// Owner and group may connect; others may not. Group membership is how an
+/// operator grants a runtime access without making it root.
+const SOCKET_MODE: u32 = 0o660;
+
+/// Binds `path`, creating its folder. A stale socket file (nobody answers)
+/// is replaced; a live one means another daemon, and is refused.
+pub(super) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+    let io = |op, source| ServerError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| io("create folder of", e))?;
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ServerError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(ServerError::AlreadyServing {
+                    path: path.to_owned(),
+                });
+            }
+            Err(_) => {
+                tracing::info!(socket = %path.display(), "replacing stale socket");
+                fs::remove_file(path).map_err(|e| io("remove stale socket", e))?;
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("stat", e)),
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io("bind", e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(|e| io("chmod", e))?;
+    Ok(listener)
+}
+
+/// Removes the socket file after serving; a failure is only logged.
+pub(super) fn remove(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        tracing::warn!(socket = %path.display(), error = %e, "could not remove socket");
+    }
+}

@@ -1,0 +1,180 @@
+//! Sources: where bytes come from, one module per URL scheme.
+//!
+//! A [`Source`] opens a URL as a stream of [`Bytes`] and reports the size when
+//! it knows it. [`Sources`] picks the source by scheme. Sources know nothing
+//! of disk, digests or limits: the fetch layer decides what to do with the
+//! bytes and when to stop reading.
+
+mod file;
+mod http;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio_stream::Stream;
+use url::Url;
+
+pub use file::FileSource;
+pub use http::HttpSource;
+
+/// A source failure, naming the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The URL does not parse or lacks a part the scheme needs.
+    #[error("malformed URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No source serves this scheme.
+    #[error("unsupported URL scheme {scheme:?} in {url}: supported are {supported}")]
+    UnsupportedScheme {
+        /// The URL as given.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+        /// The schemes this daemon serves, comma-separated.
+        supported: String,
+    },
+    /// The source has no such object.
+    #[error("{url}: not found ({detail})")]
+    NotFound {
+        /// The URL.
+        url: String,
+        /// What the source said.
+        detail: String,
+    },
+    /// The daemon's policy or the upstream refuses this URL.
+    #[error("{url}: permission denied: {reason}")]
+    Denied {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The upstream answered with an error status.
+    #[error("{url}: upstream answered HTTP {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// The connection or transfer failed.
+    #[error("{url}: transfer failed: {detail}")]
+    Transport {
+        /// The URL.
+        url: String,
+        /// The client's error with its causes, outermost first.
+        detail: String,
+    },
+    /// Reading a local file failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl SourceError {
+    /// A transfer error for `url`, keeping the chain of causes readable.
+    pub fn transport(url: &Url, err: &(dyn std::error::Error + 'static)) -> SourceError {
+        let mut detail = err.to_string();
+        let mut cause = err.source();
+        while let Some(c) = cause {
+            detail.push_str(": ");
+            detail.push_str(&c.to_string());
+            cause = c.source();
+        }
+        SourceError::Transport {
+            url: url.to_string(),
+            detail,
+        }
+    }
+}
+
+/// The bytes of an object, as they arrive.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, SourceError>> + Send>>;
+
+/// An opened object: its size when the source declares one, and its bytes.
+pub struct Opened {
+    /// The size the source declares (for HTTP, `Content-Length`); it is a
+    /// claim, and the byte count is checked against it.
+    pub size: Option<u64>,
+    /// The object's bytes from the start.
+    pub body: ByteStream,
+}
+
+/// A future returned by [`Source::open`].
+pub type OpenFuture<'a> = Pin<Box<dyn Future<Output = Result<Opened, SourceError>> + Send + 'a>>;
+
+/// One URL scheme's way of reading objects.
+pub trait Source: Send + Sync {
+    /// Opens `url` for reading from its first byte. Dropping the future or
+    /// the stream cancels the transfer.
+    fn open<'a>(&'a self, url: &'a Url) -> OpenFuture<'a>;
+}
+
+/// The sources this daemon serves, by URL scheme.
+#[derive(Clone)]
+pub struct Sources {
+    by_scheme: HashMap<&'static str, Arc<dyn Source>>,
+}
+
+impl Sources {
+    /// `http`, `https` and `file` (the latter only inside `file_roots`).
+    pub fn new(file_roots: Vec<PathBuf>) -> Result<Sources, SourceError> {
+        let http: Arc<dyn Source> = Arc::new(HttpSource::new()?);
+        let file: Arc<dyn Source> = Arc::new(FileSource::new(file_roots));
+        let by_scheme = HashMap::from([("http", http.clone()), ("https", http), ("file", file)]);
+        Ok(Sources { by_scheme })
+    }
+
+    /// Parses `url` and finds its source. Errors: [`SourceError::InvalidUrl`],
+    /// [`SourceError::UnsupportedScheme`].
+    pub fn resolve(&self, url: &str) -> Result<(Url, Arc<dyn Source>), SourceError> {
+        let parsed = Url::parse(url).map_err(|e| SourceError::InvalidUrl {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+        match self.by_scheme.get(parsed.scheme()) {
+            Some(source) => Ok((parsed, source.clone())),
+            None => {
+                let mut supported: Vec<_> = self.by_scheme.keys().copied().collect();
+                supported.sort_unstable();
+                Err(SourceError::UnsupportedScheme {
+                    url: url.to_owned(),
+                    scheme: parsed.scheme().to_owned(),
+                    supported: supported.join(", "),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_refuses_malformed_urls_and_unknown_schemes() {
+        let sources = Sources::new(Vec::new()).unwrap();
+        let err = sources.resolve("not a url").err().unwrap();
+        assert!(matches!(err, SourceError::InvalidUrl { .. }), "{err}");
+        assert!(err.to_string().contains("\"not a url\""), "{err}");
+        let err = sources.resolve("ftp://host/x").err().unwrap();
+        assert!(err.to_string().contains("\"ftp\""), "{err}");
+        assert!(err.to_string().contains("file, http, https"), "{err}");
+        assert!(sources.resolve("https://host/x").is_ok());
+    }
+}

@@ -1,0 +1,302 @@
+//! Ingest: a stream of bytes in, a verified blob out.
+//!
+//! Three stages overlap so a fetch runs near the disk's speed on two cores:
+//! the caller's task counts bytes and enforces the limit; a writer thread
+//! appends batches to the temp file with `writev` (and a flusher thread starts
+//! writeback early, so the final fsync is short); a hasher thread updates
+//! SHA-256 over the same buffers. Batches are reference-counted [`Bytes`],
+//! never copied, and the queues between stages are bounded, so memory stays
+//! flat whatever the asset's size.
+//!
+//! Cleanup: the temp file is owned by the writer thread until commit. If the
+//! [`Ingest`] is dropped (the caller went away) or aborted, the writer sees
+//! its queue close and deletes the file; [`Ingest::abort`] waits for that.
+
+use std::fs::{self, File, Permissions};
+use std::io::{self, IoSlice, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+
+use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
+use tempfile::NamedTempFile;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{Blob, Store, StoreError, fsync_dir};
+use crate::digest::Digest;
+
+/// Bytes gathered before a batch goes to the writer: large enough that the
+/// per-batch costs (a wake-up, a `writev`) vanish, small enough to keep
+/// memory flat.
+const BATCH_BYTES: usize = 1 << 20;
+/// Batches queued between stages. A fetch holds at most about
+/// `2 * QUEUE_DEPTH + 3` batches, about 11 MiB.
+const QUEUE_DEPTH: usize = 4;
+/// Bytes written between early writeback requests (`fdatasync` on a second
+/// thread). Without them a 2 GiB file would sit dirty in the page cache
+/// until the final fsync, which would then take seconds on its own.
+const FLUSH_EVERY: u64 = 64 << 20;
+
+/// An asset being written into `ingest/`. Feed it with [`Ingest::write`], then
+/// [`Ingest::commit`] or [`Ingest::abort`]. Dropping it removes the temp file
+/// (soon after, from the writer thread).
+#[derive(Debug)]
+pub struct Ingest {
+    expected: Digest,
+    size: Option<u64>,
+    limit: u64,
+    received: u64,
+    batch: Vec<Bytes>,
+    batch_len: usize,
+    tx: mpsc::Sender<Vec<Bytes>>,
+    /// Taken when joined early, after the writer failed.
+    writer: Option<JoinHandle<Result<NamedTempFile, StoreError>>>,
+    hasher: JoinHandle<[u8; 32]>,
+    temp_path: PathBuf,
+    blob_path: PathBuf,
+    blobs_dir: PathBuf,
+}
+
+impl Ingest {
+    pub(super) fn start(
+        store: &Store,
+        expected: Digest,
+        size: Option<u64>,
+        limit: u64,
+    ) -> Result<Ingest, StoreError> {
+        let temp = tempfile::Builder::new()
+            .prefix(&format!("{}.", expected.hex()))
+            .tempfile_in(&store.ingest)
+            .map_err(StoreError::io("create temp file in", &store.ingest))?;
+        let temp_path = temp.path().to_owned();
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (hash_tx, hash_rx) = std_mpsc::sync_channel(QUEUE_DEPTH);
+        let writer = tokio::task::spawn_blocking(move || write_all(temp, rx, hash_tx));
+        let hasher = tokio::task::spawn_blocking(move || hash_all(hash_rx));
+        Ok(Ingest {
+            expected,
+            size,
+            limit,
+            received: 0,
+            batch: Vec::new(),
+            batch_len: 0,
+            tx,
+            writer: Some(writer),
+            hasher,
+            temp_path,
+            blob_path: store.blob_path(&expected),
+            blobs_dir: store.blobs.clone(),
+        })
+    }
+
+    /// Bytes accepted so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Appends `chunk`. Refuses it, without writing any of it, when it would
+    /// take the total past the expected size ([`StoreError::SizeMismatch`]) or
+    /// the limit ([`StoreError::LimitExceeded`]). After an error, abort.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        let total = self.received.saturating_add(chunk.len() as u64);
+        if let Some(size) = self.size
+            && total > size
+        {
+            return Err(StoreError::SizeMismatch {
+                expected: size,
+                actual: format!("more than {size}"),
+            });
+        }
+        if total > self.limit {
+            return Err(StoreError::LimitExceeded { limit: self.limit });
+        }
+        self.received = total;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.batch_len += chunk.len();
+        self.batch.push(chunk);
+        if self.batch_len >= BATCH_BYTES {
+            self.send_batch().await?;
+        }
+        Ok(())
+    }
+
+    /// Verifies and publishes the asset: checks the size and digest, fsyncs,
+    /// makes the file read-only, renames it into `blobs/` and fsyncs the
+    /// folder. On any error the temp file is gone when this returns.
+    pub async fn commit(mut self) -> Result<Blob, StoreError> {
+        self.send_batch().await?;
+        let Ingest {
+            tx,
+            writer,
+            hasher,
+            temp_path,
+            ..
+        } = self;
+        drop(tx);
+        let Some(writer) = writer else {
+            return Err(StoreError::Io {
+                op: "write",
+                path: temp_path,
+                source: io::Error::other("writer already failed"),
+            });
+        };
+        let temp = join(writer, &temp_path).await??;
+        let actual = Digest::from_bytes(join(hasher, &temp_path).await?);
+        if let Some(expected) = self.size
+            && self.received != expected
+        {
+            return Err(StoreError::SizeMismatch {
+                expected,
+                actual: self.received.to_string(),
+            });
+        }
+        if actual != self.expected {
+            return Err(StoreError::DigestMismatch {
+                expected: self.expected,
+                actual,
+            });
+        }
+        let (blob_path, blobs_dir) = (self.blob_path, self.blobs_dir);
+        let publish = move || publish(temp, blob_path, &blobs_dir);
+        let (path, meta) = join(tokio::task::spawn_blocking(publish), &temp_path).await??;
+        Ok(Blob {
+            digest: actual,
+            path,
+            size: meta.len(),
+            added_unix_seconds: meta.mtime(),
+        })
+    }
+
+    /// Gives up: the temp file is removed by the time this returns.
+    pub async fn abort(self) {
+        drop(self.tx);
+        // The writer's result, Ok or not, owns the temp file; dropping it here
+        // deletes the file.
+        if let Some(writer) = self.writer {
+            let _ = writer.await;
+        }
+    }
+
+    async fn send_batch(&mut self) -> Result<(), StoreError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_len = 0;
+        if self.tx.send(batch).await.is_ok() {
+            return Ok(());
+        }
+        // The writer only stops taking batches when it failed: report why.
+        let stopped = || StoreError::Io {
+            op: "write",
+            path: self.temp_path.clone(),
+            source: io::Error::other("writer stopped early"),
+        };
+        match self.writer.take() {
+            Some(writer) => match join(writer, &self.temp_path).await? {
+                Err(e) => Err(e),
+                Ok(_) => Err(stopped()),
+            },
+            None => Err(stopped()),
+        }
+    }
+}
+
+/// Awaits a pipeline thread, turning a panic into an I/O error on `path`.
+async fn join<T>(handle: JoinHandle<T>, path: &std::path::Path) -> Result<T, StoreError> {
+    handle.await.map_err(|e| StoreError::Io {
+        op: "ingest",
+        path: path.to_owned(),
+        source: io::Error::other(e),
+    })
+}
+
+/// The writer thread: appends each batch, then passes it to the hasher.
+/// Returns the temp file only when the queue closed with every byte written.
+fn write_all(
+    temp: NamedTempFile,
+    mut rx: mpsc::Receiver<Vec<Bytes>>,
+    hash_tx: std_mpsc::SyncSender<Vec<Bytes>>,
+) -> Result<NamedTempFile, StoreError> {
+    let wrap = |op| StoreError::io(op, temp.path());
+    let flusher_file = temp.as_file().try_clone().map_err(wrap("dup"))?;
+    let (flush_tx, flush_rx) = std_mpsc::sync_channel::<()>(1);
+    std::thread::scope(|scope| {
+        // Durability comes from the fsync in `publish`; this only starts
+        // writeback early, so its errors are left for that fsync to report.
+        scope.spawn(move || {
+            while flush_rx.recv().is_ok() {
+                let _ = flusher_file.sync_data();
+            }
+        });
+        let mut file = temp.as_file();
+        let mut unflushed = 0u64;
+        while let Some(batch) = rx.blocking_recv() {
+            write_vectored_all(&mut file, &batch).map_err(wrap("write"))?;
+            unflushed += batch.iter().map(|c| c.len() as u64).sum::<u64>();
+            if unflushed >= FLUSH_EVERY {
+                // Full means a flush is running and will cover these bytes too.
+                let _ = flush_tx.try_send(());
+                unflushed = 0;
+            }
+            if hash_tx.send(batch).is_err() {
+                break;
+            }
+        }
+        drop(flush_tx);
+        Ok(())
+    })?;
+    Ok(temp)
+}
+
+/// The hasher thread: SHA-256 over every batch, in order.
+fn hash_all(rx: std_mpsc::Receiver<Vec<Bytes>>) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for batch in rx {
+        for chunk in &batch {
+            hasher.update(chunk);
+        }
+    }
+    hasher.finalize().into()
+}
+
+/// `write_all` for a list of buffers, one `writev` per call where possible.
+fn write_vectored_all(out: &mut impl Write, chunks: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match out.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The commit sequence, in an order that must not change.
+fn publish(
+    temp: NamedTempFile,
+    blob_path: PathBuf,
+    blobs_dir: &std::path::Path,
+) -> Result<(PathBuf, fs::Metadata), StoreError> {
+    let wrap = |op| StoreError::io(op, temp.path());
+    // INVARIANT: data is durable and read-only before the name appears.
+    temp.as_file().sync_all().map_err(wrap("fsync"))?;
+    temp.as_file()
+        .set_permissions(Permissions::from_mode(0o444))
+        .map_err(wrap("chmod"))?;
+    let file: File = temp
+        .persist(&blob_path)
+        .map_err(|e| StoreError::io("rename", &blob_path)(e.error))?;
+    fsync_dir(blobs_dir)?;
+    let meta = file
+        .metadata()
+        .map_err(StoreError::io("stat", &blob_path))?;
+    Ok((blob_path, meta))
+}

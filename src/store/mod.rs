@@ -1,0 +1,249 @@
+//! The content-addressed store: verified assets on disk, and nothing else.
+//!
+//! Layout under the root:
+//!
+//! ```text
+//! blobs/sha256/<64 hex>   verified assets, mode 0444
+//! ingest/                 temp files of ingests in progress
+//! lock                    flock held by the one daemon using this root
+//! ```
+//!
+//! Invariant: a file under `blobs/` holds exactly the bytes its name says.
+//! Only [`Ingest::commit`] puts files there, after checking size and digest and
+//! fsyncing; a crash leaves at most a temp file in `ingest/`, which
+//! [`Store::open`] sweeps. The store knows nothing of networks or URLs.
+
+mod ingest;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::digest::Digest;
+pub use ingest::Ingest;
+
+/// A store failure, naming what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file system operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done, such as "create" or "rename".
+        op: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Another process holds the root's lock.
+    #[error("{path} is in use by another assetd (its lock is held)")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// More bytes arrived than the ingest's limit allows.
+    #[error("more than {limit} bytes received: over the size limit of {limit} bytes")]
+    LimitExceeded {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The bytes counted differ from the size the caller expected.
+    #[error("size mismatch: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// The size the caller asked for.
+        expected: u64,
+        /// What arrived; "more than N" when cut off early.
+        actual: String,
+    },
+    /// The bytes hash to a different digest than the caller asked for.
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The digest the caller asked for.
+        expected: Digest,
+        /// The digest of the bytes that arrived.
+        actual: Digest,
+    },
+}
+
+impl StoreError {
+    fn io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+        let path = path.to_owned();
+        move |source| StoreError::Io { op, path, source }
+    }
+
+    /// True when the disk (or quota) is full, as opposed to other I/O errors.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. }
+            if matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded))
+    }
+}
+
+/// One cached asset, as found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// The asset's digest, which is also its file name.
+    pub digest: Digest,
+    /// Absolute path of the read-only file.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was committed, in seconds since the Unix epoch.
+    pub added_unix_seconds: i64,
+}
+
+/// The store rooted at one folder. Holds the root's lock while it lives.
+#[derive(Debug)]
+pub struct Store {
+    blobs: PathBuf,
+    ingest: PathBuf,
+    _lock: Flock<fs::File>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`, takes its lock and
+    /// removes every leftover temp file in `ingest/`.
+    ///
+    /// Errors: [`StoreError::Locked`] when another process uses `root`;
+    /// [`StoreError::Io`] when a folder can't be made or read.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        let blobs = root.join("blobs").join("sha256");
+        let ingest = root.join("ingest");
+        // Blobs are shared read-only with every sandbox; temp files are not.
+        mkdir(&blobs, 0o755)?;
+        mkdir(&ingest, 0o700)?;
+        let lock_path = root.join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(StoreError::io("open", &lock_path))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StoreError::Locked { path: lock_path })?;
+        let store = Store {
+            blobs,
+            ingest,
+            _lock: lock,
+        };
+        store.sweep_ingest()?;
+        Ok(store)
+    }
+
+    /// Where the asset `digest` lives (or would live).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blobs.join(digest.hex())
+    }
+
+    /// The folder of temp files; exposed for logs and tests.
+    pub fn ingest_dir(&self) -> &Path {
+        &self.ingest
+    }
+
+    /// Looks up a cached asset; `Ok(None)` when it is not cached.
+    pub fn stat(&self, digest: &Digest) -> Result<Option<Blob>, StoreError> {
+        let path = self.blob_path(digest);
+        match fs::metadata(&path) {
+            Ok(meta) => Ok(Some(Blob {
+                digest: *digest,
+                path,
+                size: meta.len(),
+                added_unix_seconds: meta.mtime(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("stat", &path)(e)),
+        }
+    }
+
+    /// Up to `limit` cached assets with digests after `after`, in digest
+    /// order. Files in `blobs/sha256/` whose names are not digests are skipped.
+    pub fn list(&self, after: Option<&Digest>, limit: usize) -> Result<Vec<Blob>, StoreError> {
+        let entries = fs::read_dir(&self.blobs).map_err(StoreError::io("read", &self.blobs))?;
+        let mut digests = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io("read", &self.blobs))?;
+            let name = entry.file_name();
+            let Some(digest) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) else {
+                continue;
+            };
+            if after.is_none_or(|a| digest > *a) {
+                digests.push(digest);
+            }
+        }
+        digests.sort_unstable();
+        let mut blobs = Vec::with_capacity(limit.min(digests.len()));
+        for digest in digests {
+            if blobs.len() == limit {
+                break;
+            }
+            // A blob deleted since the listing is simply not reported.
+            if let Some(blob) = self.stat(&digest)? {
+                blobs.push(blob);
+            }
+        }
+        Ok(blobs)
+    }
+
+    /// Removes a cached asset; `Ok(None)` when it was not cached, else its
+    /// size. Sandboxes that opened the file keep reading it until they close.
+    pub fn delete(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        let Some(blob) = self.stat(digest)? else {
+            return Ok(None);
+        };
+        match fs::remove_file(&blob.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io("remove", &blob.path)(e)),
+        }
+        fsync_dir(&self.blobs)?;
+        Ok(Some(blob.size))
+    }
+
+    /// Starts ingesting the asset `expected`: a temp file in `ingest/` fed by
+    /// [`Ingest::write`], accepting at most `limit` bytes (and at most
+    /// `size` when given). See [`Ingest`] for who cleans up.
+    pub fn ingest(
+        &self,
+        expected: Digest,
+        size: Option<u64>,
+        limit: u64,
+    ) -> Result<Ingest, StoreError> {
+        Ingest::start(self, expected, size, limit)
+    }
+
+    fn sweep_ingest(&self) -> Result<(), StoreError> {
+        let entries = fs::read_dir(&self.ingest).map_err(StoreError::io("read", &self.ingest))?;
+        let mut swept = 0usize;
+        for entry in entries {
+            let path = entry.map_err(StoreError::io("read", &self.ingest))?.path();
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(StoreError::io("remove", &path))?;
+            swept += 1;
+        }
+        if swept > 0 {
+            tracing::info!(swept, dir = %self.ingest.display(), "removed temp files of interrupted fetches");
+        }
+        Ok(())
+    }
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<(), StoreError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(StoreError::io("create", path))
+}
+
+/// Makes a rename or unlink in `dir` durable.
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io("fsync", dir))
+}
