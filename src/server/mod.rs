@@ -8,6 +8,9 @@ mod socket;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
@@ -18,6 +21,9 @@ pub use assets::AssetsService;
 
 /// The encoded descriptors of `assetd.v1`, served by reflection.
 const DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("assetd_descriptor");
+
+/// How long shutdown waits for open calls and connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// A failure to start or run the server.
 #[derive(Debug, thiserror::Error)]
@@ -71,13 +77,32 @@ pub async fn serve(
     // grpcurl 1.8.6 only speaks v1alpha.
     let reflection_v1alpha = reflection().build_v1alpha()?;
     tracing::info!(socket = %socket.display(), "serving");
-    let served = Server::builder()
+    let (stopping, stopped) = oneshot::channel();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    };
+    let serving = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AssetsServer::new(AssetsService::new(fetcher)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+    // Graceful shutdown waits for every client to close its connection; a
+    // stuck client must not keep the daemon alive.
+    let grace = async {
+        match stopped.await {
+            Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let served = tokio::select! {
+        served = serving => served,
+        () = grace => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "clients still connected; stopping anyway");
+            Ok(())
+        }
+    };
     socket::remove(socket);
     served?;
     tracing::info!("stopped");

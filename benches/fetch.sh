@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# benches/fetch.sh: how fast assetd puts a 2 GiB asset into its cache, next to
+# what other tools do with the same job on the same machine.
+#
+# A local nginx (127.0.0.1, sendfile, page-cached source) serves 2 GiB and
+# 64 MiB of random bytes. For the 2 GiB file it times, median of RUNS:
+#   - assetd cold fetch: fresh daemon, empty store; receive + SHA-256 + write
+#     + fsync + rename, driven by `assetctl fetch`
+#   - curl -o FILE, curl | tee FILE | openssl dgst -sha256, aria2c -x1
+#   - the limits: openssl dgst -sha256 (hash alone), dd conv=fsync (durable
+#     write alone), curl -o /dev/null (loopback network alone)
+# and the daemon's peak RSS (VmHWM) for 64 MiB and 2 GiB, plus its CPU time.
+# Prints a Markdown table for the README.
+#
+# Run (as root on Debian, from anywhere):   benches/fetch.sh
+#   RUNS=5          runs per command (default 3)
+#   BENCH_DIR=DIR   parent of the temp dir (default /var/tmp); must be a real
+#                   disk, not tmpfs; needs about 5 GiB free. Removed at exit.
+# Installs nginx, curl, openssl, aria2 with apt-get when missing, and builds
+# assetd/assetctl with cargo (Rust itself must already be installed).
+set -euo pipefail
+
+RUNS=${RUNS:-3}
+BIG=$((2 << 30)) SMALL=$((64 << 20))
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+die() { echo "fetch.sh: error: $*" >&2; exit 1; }
+say() { echo "# $*" >&2; }
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, got '$RUNS'"
+export PATH=$PATH:/usr/sbin:/sbin
+
+# --- 1. Tools and binaries ---------------------------------------------------
+missing=()
+for t in nginx:nginx curl:curl openssl:openssl aria2c:aria2; do
+  command -v "${t%%:*}" >/dev/null || missing+=("${t#*:}")
+done
+if ((${#missing[@]})); then
+  [[ $EUID -eq 0 ]] || die "missing ${missing[*]}: run as root, or install them"
+  say "installing ${missing[*]}"
+  apt-get update -qq || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+fi
+command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
+say "building assetd and assetctl (release)"
+(cd "$REPO" && cargo build --release --quiet --bin assetd --bin assetctl) || die "cargo build failed"
+BIN=${CARGO_TARGET_DIR:-$REPO/target}/release
+[[ -x $BIN/assetd && -x $BIN/assetctl ]] || die "no binaries in $BIN"
+
+# --- 2. Temp dir on a real disk, test files ----------------------------------
+base=${BENCH_DIR:-/var/tmp}
+mkdir -p "$base" || die "cannot create BENCH_DIR $base"
+T=$(mktemp -d "$base/assetd-bench.XXXXXX")
+NGINX_PID='' DAEMON_PID=''
+cleanup() {
+  local rc=$?
+  if [[ -n $DAEMON_PID ]]; then kill "$DAEMON_PID" 2>/dev/null || true; wait "$DAEMON_PID" 2>/dev/null || true; fi
+  if [[ -n $NGINX_PID ]]; then kill "$NGINX_PID" 2>/dev/null || true; wait "$NGINX_PID" 2>/dev/null || true; fi
+  rm -rf "$T"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+FSTYPE=$(df -T "$T" | awk 'NR==2 {print $2}')
+case $FSTYPE in tmpfs | ramfs | devtmpfs) die "$T is on $FSTYPE; set BENCH_DIR to a folder on a real disk" ;; esac
+avail=$(df -B1 --output=avail "$T" | tail -1)
+((avail > 5 * (1 << 30))) || die "need about 5 GiB free in $base, have $((avail >> 20)) MiB"
+mkdir -p "$T/www" "$T/out" "$T/nginx/tmp"
+
+randfile() { # PATH BYTES: random bytes, fast (AES-CTR keystream)
+  { openssl enc -aes-128-ctr -K "$(openssl rand -hex 16)" -iv "$(openssl rand -hex 16)" \
+      -in /dev/zero 2>/dev/null || true; } | head -c "$2" >"$1"
+  [[ $(stat -c %s "$1") -eq $2 ]] || die "could not create $1"
+}
+sha() { openssl dgst -sha256 -r "$1" | cut -d' ' -f1; }
+say "creating 2 GiB and 64 MiB random files in $T ($FSTYPE)"
+randfile "$T/www/big.bin" "$BIG"
+randfile "$T/www/small.bin" "$SMALL"
+BIG_SHA=$(sha "$T/www/big.bin") SMALL_SHA=$(sha "$T/www/small.bin")
+
+# --- 3. nginx on a free port ----------------------------------------------
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+start_nginx() { # PORT; returns 1 if nginx did not come up on it
+  cat >"$T/nginx/nginx.conf" <<EOF
+$([[ $EUID -eq 0 ]] && echo 'user root;')
+worker_processes 1;
+daemon off;
+pid $T/nginx/nginx.pid;
+error_log $T/nginx/error.log warn;
+events { worker_connections 64; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  default_type application/octet-stream;
+  client_body_temp_path $T/nginx/tmp/body;
+  proxy_temp_path $T/nginx/tmp/proxy;
+  fastcgi_temp_path $T/nginx/tmp/fastcgi;
+  uwsgi_temp_path $T/nginx/tmp/uwsgi;
+  scgi_temp_path $T/nginx/tmp/scgi;
+  server { listen 127.0.0.1:$1; root $T/www; }
+}
+EOF
+  nginx -e "$T/nginx/error.log" -p "$T/nginx" -c "$T/nginx/nginx.conf" &
+  NGINX_PID=$!
+  for _ in $(seq 50); do
+    curl -sf -o /dev/null -r 0-0 "http://127.0.0.1:$1/small.bin" && return 0
+    kill -0 "$NGINX_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill "$NGINX_PID" 2>/dev/null || true; wait "$NGINX_PID" 2>/dev/null || true; NGINX_PID=''
+  return 1
+}
+PORT=''
+for _ in $(seq 20); do
+  p=$((20000 + RANDOM % 40000))
+  port_taken "$p" && continue
+  if start_nginx "$p"; then PORT=$p; break; fi
+done
+[[ -n $PORT ]] || { cat "$T/nginx/error.log" >&2 2>/dev/null; die "nginx did not start (log above)"; }
+URL=http://127.0.0.1:$PORT/big.bin
+say "nginx on 127.0.0.1:$PORT"
+
+# --- 4. Warm the page cache for the sources -----------------------------------
+cat "$T/www/big.bin" "$T/www/small.bin" >/dev/null
+
+# --- helpers: daemon, /proc, timing ------------------------------------------
+start_daemon() { # ROOT LOG
+  rm -f "$T/a.sock"
+  "$BIN/assetd" --root "$1" --socket "$T/a.sock" 2>"$2" &
+  DAEMON_PID=$!
+  for _ in $(seq 100); do
+    [[ -S $T/a.sock ]] && return 0
+    kill -0 "$DAEMON_PID" 2>/dev/null || { cat "$2" >&2; DAEMON_PID=''; die "assetd exited at startup (log above)"; }
+    sleep 0.1
+  done
+  die "assetd's socket $T/a.sock did not appear within 10 s (log: $(cat "$2"))"
+}
+stop_daemon() { kill "$DAEMON_PID" 2>/dev/null || true; wait "$DAEMON_PID" 2>/dev/null || true; DAEMON_PID=''; }
+cpu_ticks() { # PID -> "utime stime" in clock ticks, all threads
+  local s; s=$(<"/proc/$1/stat"); s=${s##*) }
+  local -a f; read -r -a f <<<"$s"; echo "${f[11]} ${f[12]}"
+}
+hwm_mib() { awk '/^VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+fetch() { # URL SHA SIZE: asks the daemon; the cached path goes to $T/out/path
+  "$BIN/assetctl" --socket "$T/a.sock" fetch "$1" --digest "sha256:$2" --size "$3" >"$T/out/path"
+}
+now() { date +%s.%N; }
+calc() { awk "BEGIN { x = ($2); printf \"$1\", x }"; } # FORMAT EXPR
+declare -A TIMES=()
+timed() { # LABEL CMD...: sync, run CMD, append its wall seconds to TIMES[LABEL]
+  local label=$1 t0; shift
+  sync
+  t0=$(now)
+  "$@" || die "$label failed"
+  TIMES[$label]+="$(calc %.3f "$(now) - $t0") "
+}
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g |
+  awk '{a[NR] = $1} END {printf "%.3f", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+# --- contenders (2 GiB) -------------------------------------------------------
+c_assetd() { fetch "$URL" "$BIG_SHA" "$BIG"; }
+c_curl() { curl -sf -o "$T/out/curl.bin" "$URL"; }
+c_tee() {
+  local h; h=$(curl -sf "$URL" | tee "$T/out/tee.bin" | openssl dgst -sha256 -r)
+  [[ ${h%% *} == "$BIG_SHA" ]] || die "curl | tee | openssl: wrong sha256 ${h%% *}"
+}
+c_aria() { aria2c -q -x1 --allow-overwrite=true --auto-file-renaming=false -d "$T/out" -o aria.bin "$URL"; }
+c_dgst() { openssl dgst -sha256 "$T/www/big.bin" >/dev/null; }
+c_dd() { dd if="$T/www/big.bin" of="$T/out/dd.bin" bs=1M conv=fsync status=none; }
+c_null() { curl -sf -o /dev/null "$URL"; }
+ORDER=(assetd curl tee aria dgst dd null)
+declare -A DESC=(
+  [assetd]='`assetctl fetch URL --digest sha256:… --size N` (verified, fsynced)'
+  [curl]='`curl -s -o FILE URL`'
+  [tee]='`curl -s URL \| tee FILE \| openssl dgst -sha256`'
+  [aria]='`aria2c -x1 -d DIR -o FILE URL`'
+  [dgst]='`openssl dgst -sha256 FILE` (hash limit)'
+  [dd]='`dd if=SRC of=DST bs=1M conv=fsync` (durable-write limit)'
+  [null]='`curl -s -o /dev/null URL` (loopback network alone)'
+)
+TCK=$(getconf CLK_TCK)
+HINTS=() BIG_HWM=0
+
+for ((i = 1; i <= RUNS; i++)); do
+  say "run $i/$RUNS"
+  start_daemon "$T/root" "$T/assetd.$i.log"
+  hwm0=$(hwm_mib "$DAEMON_PID")
+  read -r u0 s0 < <(cpu_ticks "$DAEMON_PID")
+  timed assetd c_assetd
+  read -r u1 s1 < <(cpu_ticks "$DAEMON_PID")
+  hwm=$(hwm_mib "$DAEMON_PID")
+  BIG_HWM=$(calc %.1f "($hwm > $BIG_HWM) ? $hwm : $BIG_HWM")
+  line=$(grep -m1 ' fetch ' "$T/assetd.$i.log" || true)
+  dsecs=$(grep -o ' secs=[0-9.]*' <<<"$line" | cut -d= -f2 || true)
+  dmbs=$(grep -o 'mb_per_s=[0-9.]*' <<<"$line" | cut -d= -f2 || true)
+  wall=${TIMES[assetd]% }; wall=${wall##* }
+  HINTS+=("- run $i: assetctl wall ${wall} s; daemon log secs=${dsecs:-?} (mb_per_s=${dmbs:-?}); daemon CPU user $(calc %.2f "($u1 - $u0) / $TCK") s + sys $(calc %.2f "($s1 - $s0) / $TCK") s; VmHWM ${hwm0} MiB at start, ${hwm} MiB after")
+  if ((i == 1)); then
+    path=$(<"$T/out/path"); path=${path%%[[:space:]]*}
+    [[ -f $path ]] || die "assetctl printed '$path', which is not a file"
+    [[ $(sha "$path") == "$BIG_SHA" ]] || die "cached file $path has the wrong sha256"
+    say "verified $path"
+  fi
+  stop_daemon
+  rm -rf "$T/root"
+  for c in "${ORDER[@]:1}"; do
+    timed "$c" "c_$c"
+    rm -f "$T/out/"*
+  done
+done
+
+# --- 7. peak RSS for 64 MiB in a fresh daemon --------------------------------
+start_daemon "$T/root" "$T/assetd.small.log"
+fetch "http://127.0.0.1:$PORT/small.bin" "$SMALL_SHA" "$SMALL" || die "64 MiB fetch failed"
+SMALL_HWM=$(hwm_mib "$DAEMON_PID")
+stop_daemon
+rm -rf "$T/root"
+
+# --- 8. report ------------------------------------------------------------------
+A=$(median "${TIMES[assetd]}")
+echo
+echo "2 GiB of random bytes from nginx on 127.0.0.1 (sendfile, page-cached source), median of $RUNS:"
+echo
+echo "| command | median s | MB/s | time vs assetd |"
+echo "|---|---:|---:|---:|"
+for c in "${ORDER[@]}"; do
+  m=$(median "${TIMES[$c]}")
+  echo "| ${DESC[$c]} | $m | $(calc %.0f "$BIG / 1e6 / $m") | $(calc %.2fx "$m / $A") |"
+done
+echo
+echo "Peak RSS of assetd (VmHWM, fresh daemon per fetch): 64 MiB asset: ${SMALL_HWM} MiB; 2 GiB asset: ${BIG_HWM} MiB."
+echo
+cpu=$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+echo "Machine: $(nproc) cores, ${cpu:-unknown CPU}, kernel $(uname -r), $FSTYPE; $(date -u '+%Y-%m-%d %H:%M UTC')."
+echo "All runs (s): $(for c in "${ORDER[@]}"; do printf '%s=[%s] ' "$c" "${TIMES[$c]% }"; done)"
+echo
+echo "Where assetd's time goes (2 GiB):"
+printf '%s\n' "${HINTS[@]}"
+echo
+# Targets: >= 1.5x faster than curl -o; within 1.5x of the slower limit; flat RSS < 64 MiB.
+C=$(median "${TIMES[curl]}") H=$(median "${TIMES[dgst]}") D=$(median "${TIMES[dd]}")
+check() { if (($(calc %d "$2"))); then echo "- PASS: $1"; else echo "- MISS: $1"; fi; }
+echo "Targets:"
+check "assetd >= 1.5x faster than curl -o ($(calc %.2fx "$C / $A"))" "$C / $A >= 1.5"
+check "assetd within 1.5x of max(openssl dgst, dd conv=fsync) ($(calc %.2fx "$A / ($H > $D ? $H : $D)"))" \
+  "$A <= 1.5 * ($H > $D ? $H : $D)"
+check "peak RSS < 64 MiB for both sizes (${SMALL_HWM}, ${BIG_HWM} MiB)" "$SMALL_HWM < 64 && $BIG_HWM < 64"
+check "peak RSS flat across sizes (within 8 MiB)" "$BIG_HWM - $SMALL_HWM < 8 && $SMALL_HWM - $BIG_HWM < 8"

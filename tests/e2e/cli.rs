@@ -1,0 +1,126 @@
+//! assetctl: readable output, JSON for scripts, exit codes by failure kind.
+
+use std::process::{Command, Output};
+
+use crate::common::http::{HttpServer, Reply};
+use crate::common::{TestDaemon, WRONG_DIGEST, digest_of, random_bytes};
+
+fn assetctl(daemon: &TestDaemon, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_assetctl"))
+        .env("ASSETD_SOCKET", &daemon.socket)
+        .args(args)
+        .output()
+        .expect("run assetctl")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "assetctl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assetctl_fetch_ls_stat_rm() {
+    let http = HttpServer::start().await;
+    let body = random_bytes(2 << 20, 21);
+    let digest = digest_of(&body);
+    let url = http.route("/rootfs", Reply::Body(body.clone()));
+    let daemon = TestDaemon::start();
+
+    let size = body.len().to_string();
+    let path = stdout(&assetctl(
+        &daemon,
+        &["fetch", &url, "--digest", &digest, "--size", &size],
+    ));
+    assert_eq!(std::fs::read(path.trim()).unwrap(), body);
+
+    let json: serde_json::Value = serde_json::from_str(&stdout(&assetctl(
+        &daemon,
+        &["--json", "fetch", &url, "--digest", &digest],
+    )))
+    .unwrap();
+    assert_eq!(json["cache_hit"], true);
+    assert_eq!(json["path"], path.trim());
+
+    let listed = stdout(&assetctl(&daemon, &["ls"]));
+    assert!(
+        listed.contains(&digest) && listed.contains("2.0 MiB"),
+        "{listed}"
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&stdout(&assetctl(&daemon, &["ls", "--json"]))).unwrap();
+    assert_eq!(listed[0]["digest"], digest.as_str());
+    assert_eq!(listed[0]["size"], body.len());
+
+    let stat = stdout(&assetctl(&daemon, &["stat", &digest]));
+    assert!(
+        stat.contains(path.trim()) && stat.contains("2097152"),
+        "{stat}"
+    );
+    let removed = stdout(&assetctl(&daemon, &["rm", &digest]));
+    assert!(
+        removed.contains("deleted") && removed.contains(&digest),
+        "{removed}"
+    );
+    daemon.assert_empty();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assetctl_exit_codes_tell_failures_apart() {
+    let http = HttpServer::start().await;
+    let url = http.route("/a", Reply::Body(b"abc".to_vec()));
+    let missing = http.route("/missing", Reply::Status(404));
+    let daemon = TestDaemon::start();
+    let cases: [(&[&str], i32, &str); 5] = [
+        (
+            &["fetch", &url, "--digest", WRONG_DIGEST],
+            8,
+            "digest mismatch",
+        ),
+        (
+            &["fetch", &missing, "--digest", WRONG_DIGEST],
+            4,
+            "not found",
+        ),
+        (&["fetch", &url, "--digest", "sha256:bad"], 5, "sha256:bad"),
+        (&["stat", WRONG_DIGEST], 4, "not cached"),
+        (
+            &[
+                "fetch",
+                &url,
+                "--digest",
+                &digest_of(b"abc"),
+                "--max-size",
+                "2",
+            ],
+            7,
+            "limit of 2 bytes",
+        ),
+    ];
+    for (args, code, message) in cases {
+        let out = assetctl(&daemon, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+    daemon.assert_empty();
+}
+
+#[test]
+fn assetctl_says_when_the_daemon_is_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody.sock");
+    let out = Command::new(env!("CARGO_BIN_EXE_assetctl"))
+        .args(["--socket", socket.to_str().unwrap(), "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach assetd") && stderr.contains(socket.to_str().unwrap()),
+        "{stderr}"
+    );
+}

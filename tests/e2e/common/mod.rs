@@ -1,0 +1,225 @@
+//! Test harness: the real daemon in a temp dir, a fault-injecting HTTP
+//! server, and small helpers.
+
+pub mod http;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assetd::proto::assets_client::AssetsClient;
+use sha2::{Digest as _, Sha256};
+use tempfile::TempDir;
+use tonic::transport::{Channel, Endpoint};
+
+/// The real `assetd` binary on its own root and socket in a temp dir.
+/// Stopped on drop; its log is printed when the test failed.
+pub struct TestDaemon {
+    /// Holds the root, socket and log; removed on drop.
+    _dir: TempDir,
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl TestDaemon {
+    pub fn start() -> TestDaemon {
+        TestDaemon::start_with(&[])
+    }
+
+    /// Starts with extra flags; waits until the socket answers.
+    pub fn start_with(args: &[&str]) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("root");
+        let socket = dir.path().join("run").join("assetd.sock");
+        let mut daemon = TestDaemon {
+            root,
+            socket,
+            log: dir.path().join("assetd.log"),
+            child: None,
+            _dir: dir,
+        };
+        daemon.spawn(args);
+        daemon
+    }
+
+    /// Starts the daemon again on the same root and socket.
+    pub fn restart(&mut self, args: &[&str]) {
+        self.stop();
+        self.spawn(args);
+    }
+
+    fn spawn(&mut self, args: &[&str]) {
+        let child = daemon_command(&self.root, &self.socket, args, &self.log)
+            .spawn()
+            .expect("spawn assetd");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("assetd exited early ({status}):\n{}", self.log());
+            }
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("assetd did not start in 20 s:\n{}", self.log());
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn client(&self) -> AssetsClient<Channel> {
+        connect(&self.socket).await
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// File names in `blobs/sha256/`, sorted.
+    pub fn blobs(&self) -> Vec<String> {
+        names(&self.root.join("blobs").join("sha256"))
+    }
+
+    /// File names in `ingest/`, sorted.
+    pub fn ingest(&self) -> Vec<String> {
+        names(&self.root.join("ingest"))
+    }
+
+    /// Asserts that nothing is cached and no temp file is left.
+    pub fn assert_empty(&self) {
+        assert_eq!(self.blobs(), Vec::<String>::new(), "blobs/ should be empty");
+        assert_eq!(
+            self.ingest(),
+            Vec::<String>::new(),
+            "ingest/ should be empty"
+        );
+    }
+
+    /// Polls until `ingest/` is empty, for up to `within`.
+    pub async fn wait_ingest_empty(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.ingest().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "ingest/ not empty after {within:?}: {:?}",
+                self.ingest()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("---- assetd log ----\n{}", self.log());
+        }
+    }
+}
+
+/// The `assetd` command for a root and socket, logging to `log`.
+pub fn daemon_command(root: &Path, socket: &Path, args: &[&str], log: &Path) -> Command {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_assetd"));
+    cmd.arg("--root")
+        .arg(root)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log);
+    cmd
+}
+
+pub async fn connect(socket: &Path) -> AssetsClient<Channel> {
+    let channel = Endpoint::from_shared(format!("unix://{}", socket.display()))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to assetd");
+    AssetsClient::new(channel)
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+/// `len` pseudo-random bytes (xorshift), different for each `seed`.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A digest that matches nothing the tests serve.
+pub const WRONG_DIGEST: &str =
+    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Asserts a gRPC error's code and that its message contains each of `parts`.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    parts: &[&str],
+) {
+    let status = result.expect_err("the call should fail");
+    assert_eq!(status.code(), code, "message: {}", status.message());
+    for part in parts {
+        assert!(
+            status.message().contains(part),
+            "message {:?} should contain {part:?}",
+            status.message()
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `assetd` binary on a temp socket and root,
+//! driven through its gRPC API, `assetctl` and the real grpcurl.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod admin;
+mod cli;
+mod common;
+mod fetch;
+mod grpcurl;
