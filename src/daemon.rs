@@ -26,6 +26,21 @@ pub enum DaemonError {
 /// Runs the daemon with `config` until `shutdown` completes. Tests pass their
 /// own shutdown future; the binary passes SIGINT/SIGTERM.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    // The socket first: a second daemon is refused before it touches a root.
+    let listener = server::bind(&config.socket).map_err(DaemonError::Server)?;
+    let fetcher = match fetcher(&config) {
+        Ok(fetcher) => fetcher,
+        Err(e) => {
+            server::unbind(&config.socket);
+            return Err(e);
+        }
+    };
+    server::serve(fetcher, listener, &config.socket, shutdown)
+        .await
+        .map_err(DaemonError::Server)
+}
+
+fn fetcher(config: &Config) -> Result<Arc<Fetcher>, DaemonError> {
     let store = Store::open(&config.root).map_err(DaemonError::Store)?;
     let sources = Sources::new(config.file_roots.clone()).map_err(DaemonError::Sources)?;
     tracing::info!(
@@ -34,8 +49,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         file_roots = ?config.file_roots,
         "store open"
     );
-    let fetcher = Arc::new(Fetcher::new(Arc::new(store), sources, config.max_size));
-    server::serve(fetcher, &config.socket, shutdown)
-        .await
-        .map_err(DaemonError::Server)
+    Ok(Arc::new(Fetcher::new(
+        Arc::new(store),
+        sources,
+        config.max_size,
+    )))
 }

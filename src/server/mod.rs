@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::UnixListener;
 use tokio::sync::oneshot;
 
 use tokio_stream::wrappers::UnixListenerStream;
@@ -58,14 +59,26 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves the API on the unix socket `socket` until `shutdown` completes,
-/// then removes the socket file.
+/// Binds the unix socket at `path`, creating its folder. A stale socket
+/// file (nobody answers) is replaced; a live one is
+/// [`ServerError::AlreadyServing`].
+pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+    socket::bind(path)
+}
+
+/// Removes the socket file at `path`; a failure is only logged.
+pub fn unbind(path: &Path) {
+    socket::remove(path)
+}
+
+/// Serves the API on `listener` (bound at `socket`) until `shutdown`
+/// completes, then removes the socket file.
 pub async fn serve(
     fetcher: Arc<Fetcher>,
+    listener: UnixListener,
     socket: &Path,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let listener = socket::bind(socket)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AssetsServer<AssetsService>>().await;
     let reflection = || {
@@ -103,7 +116,7 @@ pub async fn serve(
             Ok(())
         }
     };
-    socket::remove(socket);
+    unbind(socket);
     served?;
     tracing::info!("stopped");
     Ok(())

@@ -2,9 +2,8 @@
 //!
 //! Three stages overlap so a fetch runs near the disk's speed on two cores:
 //! the caller's task counts bytes and enforces the limit; a writer thread
-//! appends batches to the temp file with `writev` (and a flusher thread starts
-//! writeback early, so the final fsync is short); a hasher thread updates
-//! SHA-256 over the same buffers. Batches are reference-counted [`Bytes`],
+//! appends batches to the temp file (see [`super::writer`]); a hasher thread
+//! updates SHA-256 over the same buffers. Batches are reference-counted [`Bytes`],
 //! never copied, and the queues between stages are bounded, so memory stays
 //! flat whatever the asset's size.
 //!
@@ -13,7 +12,7 @@
 //! its queue close and deletes the file; [`Ingest::abort`] waits for that.
 
 use std::fs::{self, File, Permissions};
-use std::io::{self, IoSlice, Write};
+use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
@@ -24,6 +23,7 @@ use tempfile::NamedTempFile;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::writer::Writer;
 use super::{Blob, Store, StoreError, fsync_dir};
 use crate::digest::Digest;
 
@@ -32,13 +32,9 @@ use crate::digest::Digest;
 /// memory flat.
 const BATCH_BYTES: usize = 1 << 20;
 /// Batches queued between stages. A fetch holds at most about
-/// `2 * QUEUE_DEPTH + 3` batches, about 11 MiB.
+/// `2 * QUEUE_DEPTH + 3` batches, about 11 MiB, plus the writer's 4 MiB
+/// staging buffer.
 const QUEUE_DEPTH: usize = 4;
-/// Bytes written between early writeback requests (`fdatasync` on a second
-/// thread). Without them a 2 GiB file would sit dirty in the page cache
-/// until the final fsync, which would then take seconds on its own.
-const FLUSH_EVERY: u64 = 64 << 20;
-
 /// An asset being written into `ingest/`. Feed it with [`Ingest::write`], then
 /// [`Ingest::commit`] or [`Ingest::abort`]. Dropping it removes the temp file
 /// (soon after, from the writer thread).
@@ -223,33 +219,16 @@ fn write_all(
     hash_tx: std_mpsc::SyncSender<Vec<Bytes>>,
 ) -> Result<NamedTempFile, StoreError> {
     let wrap = |op| StoreError::io(op, temp.path());
-    let flusher_file = temp.as_file().try_clone().map_err(wrap("dup"))?;
-    let (flush_tx, flush_rx) = std_mpsc::sync_channel::<()>(1);
-    std::thread::scope(|scope| {
-        // Durability comes from the fsync in `publish`; this only starts
-        // writeback early, so its errors are left for that fsync to report.
-        scope.spawn(move || {
-            while flush_rx.recv().is_ok() {
-                let _ = flusher_file.sync_data();
-            }
-        });
-        let mut file = temp.as_file();
-        let mut unflushed = 0u64;
-        while let Some(batch) = rx.blocking_recv() {
-            write_vectored_all(&mut file, &batch).map_err(wrap("write"))?;
-            unflushed += batch.iter().map(|c| c.len() as u64).sum::<u64>();
-            if unflushed >= FLUSH_EVERY {
-                // Full means a flush is running and will cover these bytes too.
-                let _ = flush_tx.try_send(());
-                unflushed = 0;
-            }
-            if hash_tx.send(batch).is_err() {
-                break;
-            }
+    let mut writer = Writer::new(temp.as_file(), temp.path());
+    while let Some(batch) = rx.blocking_recv() {
+        for chunk in &batch {
+            writer.write(chunk).map_err(wrap("write"))?;
         }
-        drop(flush_tx);
-        Ok(())
-    })?;
+        if hash_tx.send(batch).is_err() {
+            break;
+        }
+    }
+    writer.finish().map_err(wrap("write"))?;
     Ok(temp)
 }
 
@@ -262,21 +241,6 @@ fn hash_all(rx: std_mpsc::Receiver<Vec<Bytes>>) -> [u8; 32] {
         }
     }
     hasher.finalize().into()
-}
-
-/// `write_all` for a list of buffers, one `writev` per call where possible.
-fn write_vectored_all(out: &mut impl Write, chunks: &[Bytes]) -> io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        match out.write_vectored(rest) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut rest, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// The commit sequence, in an order that must not change.

@@ -14,6 +14,7 @@
 //! [`Store::open`] sweeps. The store knows nothing of networks or URLs.
 
 mod ingest;
+mod writer;
 
 use std::fs;
 use std::io;

@@ -189,6 +189,10 @@ async fn second_daemon_on_same_socket_or_root_is_refused() {
     assert!(!same_root.status.success());
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("in use by another assetd"), "{text}");
+    assert!(
+        !other.path().join("s.sock").exists(),
+        "a refused daemon removes its socket"
+    );
 
     // The first daemon is unharmed.
     daemon
