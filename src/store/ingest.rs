@@ -32,9 +32,9 @@ use crate::digest::Digest;
 /// memory flat.
 const BATCH_BYTES: usize = 1 << 20;
 /// Batches queued between stages. A fetch holds at most about
-/// `2 * QUEUE_DEPTH + 3` batches, about 11 MiB, plus the writer's 4 MiB
+/// `2 * QUEUE_DEPTH + 3` batches, about 7 MiB, plus the writer's 4 MiB
 /// staging buffer.
-const QUEUE_DEPTH: usize = 4;
+const QUEUE_DEPTH: usize = 2;
 /// An asset being written into `ingest/`. Feed it with [`Ingest::write`], then
 /// [`Ingest::commit`] or [`Ingest::abort`]. Dropping it removes the temp file
 /// (soon after, from the writer thread).
