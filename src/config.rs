@@ -20,6 +20,11 @@ pub struct Config {
     pub file_roots: Vec<PathBuf>,
     /// The largest asset accepted, in bytes.
     pub max_size: u64,
+    /// A GCS emulator (`host:port` or URL) to use instead of GCS, without
+    /// credentials; from `STORAGE_EMULATOR_HOST` by default.
+    pub gcs_emulator: Option<String>,
+    /// Read `gs://` without credentials (public buckets only).
+    pub gcs_anonymous: bool,
 }
 
 /// A configuration value that cannot work.
@@ -171,6 +176,8 @@ mod tests {
             socket: "/tmp/x.sock".into(),
             file_roots: vec!["/nonexistent/assetd-root".into()],
             max_size: 1,
+            gcs_emulator: None,
+            gcs_anonymous: false,
         };
         let err = config.clone().validate().unwrap_err();
         assert!(

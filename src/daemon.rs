@@ -42,11 +42,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 fn fetcher(config: &Config) -> Result<Arc<Fetcher>, DaemonError> {
     let store = Store::open(&config.root).map_err(DaemonError::Store)?;
-    let sources = Sources::new(config.file_roots.clone()).map_err(DaemonError::Sources)?;
+    let sources = Sources::new(
+        config.file_roots.clone(),
+        config.gcs_emulator.as_deref(),
+        config.gcs_anonymous,
+    )
+    .map_err(DaemonError::Sources)?;
     tracing::info!(
         root = %config.root.display(),
         max_size = config.max_size,
         file_roots = ?config.file_roots,
+        gcs_emulator = config.gcs_emulator.as_deref().unwrap_or("none"),
         "store open"
     );
     Ok(Arc::new(Fetcher::new(

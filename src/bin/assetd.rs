@@ -26,6 +26,13 @@ struct Args {
     /// Largest asset accepted, in bytes or with a unit (512MiB, 8GiB)
     #[arg(long, default_value = "8GiB", value_parser = config::parse_size)]
     max_size: u64,
+    /// Read gs:// without credentials (public buckets); otherwise Application
+    /// Default Credentials
+    #[arg(long)]
+    gcs_anonymous: bool,
+    /// A GCS emulator (host:port or URL) to read gs:// from, without credentials
+    #[arg(long, value_name = "HOST", env = "STORAGE_EMULATOR_HOST")]
+    gcs_emulator: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +51,8 @@ fn main() -> ExitCode {
         socket: args.socket.unwrap_or(default_socket),
         file_roots: args.file_roots,
         max_size: args.max_size,
+        gcs_emulator: args.gcs_emulator.filter(|h| !h.is_empty()),
+        gcs_anonymous: args.gcs_anonymous,
     };
     let config = match config.validate() {
         Ok(c) => c,

@@ -160,6 +160,7 @@ fn status(err: FetchError) -> Status {
             }
             SourceError::NotFound { .. } => Code::NotFound,
             SourceError::Denied { .. } => Code::PermissionDenied,
+            SourceError::ChecksumMismatch { .. } => Code::DataLoss,
             SourceError::Status { .. } | SourceError::Transport { .. } | SourceError::Io { .. } => {
                 Code::Unavailable
             }

@@ -22,15 +22,7 @@ pub struct HttpSource {
 impl HttpSource {
     /// A source with bounded redirects and a connect timeout.
     pub fn new() -> Result<HttpSource, SourceError> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("assetd/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| SourceError::Transport {
-                url: String::new(),
-                detail: format!("building the HTTP client: {e}"),
-            })?;
+        let client = client(Some(MAX_REDIRECTS))?;
         Ok(HttpSource { client })
     }
 
@@ -61,6 +53,24 @@ impl Source for HttpSource {
     fn open<'a>(&'a self, url: &'a Url) -> OpenFuture<'a> {
         Box::pin(self.get(url))
     }
+}
+
+/// An HTTP client with assetd's user agent and connect timeout, following
+/// up to `redirects` redirects (none when `None`).
+pub(super) fn client(redirects: Option<usize>) -> Result<reqwest::Client, SourceError> {
+    let policy = match redirects {
+        Some(n) => reqwest::redirect::Policy::limited(n),
+        None => reqwest::redirect::Policy::none(),
+    };
+    reqwest::Client::builder()
+        .user_agent(concat!("assetd/", env!("CARGO_PKG_VERSION")))
+        .redirect(policy)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+        .map_err(|e| SourceError::Transport {
+            url: String::new(),
+            detail: format!("building the HTTP client: {e}"),
+        })
 }
 
 fn status_error(url: &Url, status: StatusCode) -> SourceError {

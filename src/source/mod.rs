@@ -6,6 +6,7 @@
 //! bytes and when to stop reading.
 
 mod file;
+mod gcs;
 mod http;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use tokio_stream::Stream;
 use url::Url;
 
 pub use file::FileSource;
+pub use gcs::GcsSource;
 pub use http::HttpSource;
 
 /// A source failure, naming the URL.
@@ -73,6 +75,18 @@ pub enum SourceError {
         url: String,
         /// The client's error with its causes, outermost first.
         detail: String,
+    },
+    /// The bytes do not match the checksum the source published.
+    #[error("{url}: {algorithm} mismatch: expected {expected}, got {actual}")]
+    ChecksumMismatch {
+        /// The URL.
+        url: String,
+        /// The checksum, such as "crc32c".
+        algorithm: &'static str,
+        /// What the source published, in hex.
+        expected: String,
+        /// What the bytes that arrived give, in hex.
+        actual: String,
     },
     /// Reading a local file failed.
     #[error("{op} {path}: {source}")]
@@ -132,11 +146,22 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// `http`, `https` and `file` (the latter only inside `file_roots`).
-    pub fn new(file_roots: Vec<PathBuf>) -> Result<Sources, SourceError> {
+    /// `http`, `https`, `gs` (see [`GcsSource::new`] for `gcs_emulator` and
+    /// `gcs_anonymous`) and `file` (only inside `file_roots`).
+    pub fn new(
+        file_roots: Vec<PathBuf>,
+        gcs_emulator: Option<&str>,
+        gcs_anonymous: bool,
+    ) -> Result<Sources, SourceError> {
         let http: Arc<dyn Source> = Arc::new(HttpSource::new()?);
+        let gcs: Arc<dyn Source> = Arc::new(GcsSource::new(gcs_emulator, gcs_anonymous)?);
         let file: Arc<dyn Source> = Arc::new(FileSource::new(file_roots));
-        let by_scheme = HashMap::from([("http", http.clone()), ("https", http), ("file", file)]);
+        let by_scheme = HashMap::from([
+            ("http", http.clone()),
+            ("https", http),
+            ("gs", gcs),
+            ("file", file),
+        ]);
         Ok(Sources { by_scheme })
     }
 
@@ -168,13 +193,13 @@ mod tests {
 
     #[test]
     fn resolve_refuses_malformed_urls_and_unknown_schemes() {
-        let sources = Sources::new(Vec::new()).unwrap();
+        let sources = Sources::new(Vec::new(), None, true).unwrap();
         let err = sources.resolve("not a url").err().unwrap();
         assert!(matches!(err, SourceError::InvalidUrl { .. }), "{err}");
         assert!(err.to_string().contains("\"not a url\""), "{err}");
         let err = sources.resolve("ftp://host/x").err().unwrap();
         assert!(err.to_string().contains("\"ftp\""), "{err}");
-        assert!(err.to_string().contains("file, http, https"), "{err}");
+        assert!(err.to_string().contains("file, gs, http, https"), "{err}");
         assert!(sources.resolve("https://host/x").is_ok());
     }
 }

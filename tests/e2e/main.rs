@@ -6,4 +6,5 @@ mod admin;
 mod cli;
 mod common;
 mod fetch;
+mod gcs;
 mod grpcurl;

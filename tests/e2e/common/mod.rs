@@ -1,6 +1,7 @@
 //! Test harness: the real daemon in a temp dir, a fault-injecting HTTP
 //! server, and small helpers.
 
+pub mod gcs;
 pub mod http;
 
 use std::fs;
@@ -22,6 +23,7 @@ pub struct TestDaemon {
     pub socket: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl TestDaemon {
@@ -31,6 +33,11 @@ impl TestDaemon {
 
     /// Starts with extra flags; waits until the socket answers.
     pub fn start_with(args: &[&str]) -> TestDaemon {
+        TestDaemon::start_with_env(args, &[])
+    }
+
+    /// Starts with extra flags and environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> TestDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().join("root");
         let socket = dir.path().join("run").join("assetd.sock");
@@ -39,6 +46,10 @@ impl TestDaemon {
             socket,
             log: dir.path().join("assetd.log"),
             child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _dir: dir,
         };
         daemon.spawn(args);
@@ -53,6 +64,7 @@ impl TestDaemon {
 
     fn spawn(&mut self, args: &[&str]) {
         let child = daemon_command(&self.root, &self.socket, args, &self.log)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .spawn()
             .expect("spawn assetd");
         self.child = Some(child);
@@ -85,6 +97,22 @@ impl TestDaemon {
             );
             let _ = child.wait();
         }
+    }
+
+    /// The daemon's peak resident memory so far, in bytes (VmHWM).
+    pub fn peak_rss(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM");
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("VmHWM kB");
+        kib * 1024
     }
 
     pub async fn client(&self) -> AssetsClient<Channel> {
@@ -152,6 +180,7 @@ pub fn daemon_command(root: &Path, socket: &Path, args: &[&str], log: &Path) -> 
         .arg(socket)
         .args(args)
         .env("RUST_LOG", "info")
+        .env_remove("STORAGE_EMULATOR_HOST")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log"))
         .stderr(log);

@@ -1,0 +1,492 @@
+//! `gs://BUCKET/OBJECT`: Google Cloud Storage, through its JSON API.
+//!
+//! A generation may be pinned with `#GENERATION` or `?generation=N`. The
+//! object's metadata is read first (size, generation, CRC32C), so a size that
+//! breaks a limit is refused before any media is requested; the media request
+//! is only sent when the body is first polled, and it names the generation the
+//! metadata reported, so an overwrite in between cannot mix two versions.
+//! Full reads are checked against the object's CRC32C as they end.
+//!
+//! Why the JSON API over reqwest rather than the `google-cloud-storage`
+//! crate: that crate reads metadata through the gRPC `StorageControl` API,
+//! which the emulator (fake-gcs-server) does not serve, and its read
+//! response reports size 0 there; it also does not honour
+//! `STORAGE_EMULATOR_HOST` (the daemon reads that variable into its config). Credentials come from `google-cloud-auth`, the
+//! same Application Default Credentials chain Google's own tools use.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::TryFutureExt as _;
+use google_cloud_auth::credentials::{self, CacheableResource, Credentials};
+use reqwest::StatusCode;
+use tokio_stream::{Stream, StreamExt as _};
+use url::Url;
+
+use super::{ByteStream, OpenFuture, Opened, Source, SourceError};
+
+/// The public endpoint, when no emulator is configured.
+const GCS_ENDPOINT: &str = "https://storage.googleapis.com";
+/// Reading objects needs no more than this.
+const READ_ONLY_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_only";
+
+/// How requests are authorized.
+enum Auth {
+    /// Emulator, or public buckets by choice.
+    Anonymous,
+    /// Application Default Credentials.
+    Adc(Credentials),
+    /// ADC could not be set up; every request fails with this reason.
+    Missing(String),
+}
+
+/// Reads objects from GCS or an emulator.
+pub struct GcsSource {
+    client: reqwest::Client,
+    endpoint: Url,
+    auth: Auth,
+}
+
+/// One object, as named by a `gs://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ObjectRef {
+    bucket: String,
+    name: String,
+    generation: Option<u64>,
+}
+
+/// The parts of the JSON API's object resource assetd uses. GCS sends
+/// 64-bit numbers as strings.
+#[derive(Debug, serde::Deserialize)]
+struct Metadata {
+    size: String,
+    generation: String,
+    crc32c: Option<String>,
+}
+
+impl GcsSource {
+    /// Talks to the emulator at `emulator` (`host:port` or a URL) without
+    /// credentials when given; otherwise to GCS, anonymously when
+    /// `anonymous`, else with Application Default Credentials.
+    pub fn new(emulator: Option<&str>, anonymous: bool) -> Result<GcsSource, SourceError> {
+        let (endpoint, auth) = match emulator {
+            Some(host) if host.contains("://") => (host.to_owned(), Auth::Anonymous),
+            Some(host) => (format!("http://{host}"), Auth::Anonymous),
+            None if anonymous => (GCS_ENDPOINT.to_owned(), Auth::Anonymous),
+            None => (GCS_ENDPOINT.to_owned(), adc()),
+        };
+        let endpoint = Url::parse(&endpoint).map_err(|e| SourceError::InvalidUrl {
+            url: endpoint.clone(),
+            reason: format!("GCS emulator address: {e}"),
+        })?;
+        Ok(GcsSource {
+            client: super::http::client(None)?,
+            endpoint,
+            auth,
+        })
+    }
+
+    /// Opens the object at `url` for reading from byte `offset`. The
+    /// reported size is the whole object's. CRC32C is checked only when
+    /// reading from the start.
+    pub async fn open_at(&self, url: &Url, offset: u64) -> Result<Opened, SourceError> {
+        let object = ObjectRef::parse(url)?;
+        let meta = self.metadata(url, &object).await?;
+        let parse = |what: &str, value: &str| {
+            value.parse::<u64>().map_err(|_| SourceError::Transport {
+                url: url.to_string(),
+                detail: format!("object metadata has a malformed {what}: {value:?}"),
+            })
+        };
+        let size = parse("size", &meta.size)?;
+        let generation = parse("generation", &meta.generation)?;
+        let crc32c = match meta.crc32c.as_deref() {
+            Some(text) if offset == 0 => Some(decode_crc32c(url, text)?),
+            _ => None,
+        };
+        let media = self.media_url(&object, Some(generation), &[("alt", "media")]);
+        let body = self.media(url.clone(), media, offset).try_flatten_stream();
+        let body: ByteStream = match crc32c {
+            Some(expected) => Box::pin(Crc32cCheck::new(Box::pin(body), expected, url)),
+            None => Box::pin(body),
+        };
+        Ok(Opened {
+            size: Some(size),
+            body,
+        })
+    }
+
+    async fn metadata(&self, url: &Url, object: &ObjectRef) -> Result<Metadata, SourceError> {
+        let fields = [("fields", "size,generation,crc32c")];
+        let request = self
+            .client
+            .get(self.media_url(object, object.generation, &fields));
+        let response = self.send(url, request).await?;
+        if !response.status().is_success() {
+            return Err(self.refusal(url, object, response).await);
+        }
+        response
+            .json::<Metadata>()
+            .await
+            .map_err(|e| SourceError::transport(url, &e))
+    }
+
+    /// The media request, sent when the body is first polled.
+    fn media(
+        &self,
+        url: Url,
+        media: Url,
+        offset: u64,
+    ) -> impl Future<Output = Result<ByteStream, SourceError>> + Send + use<> {
+        let mut request = self.client.get(media);
+        if offset > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        let authorized = self.authorize(&url, request);
+        async move {
+            let response = authorized
+                .await?
+                .send()
+                .await
+                .map_err(|e| SourceError::transport(&url, &e))?;
+            let expected = if offset > 0 {
+                StatusCode::PARTIAL_CONTENT
+            } else {
+                StatusCode::OK
+            };
+            if response.status() != expected {
+                return Err(status_error(&url, response.status(), "media read"));
+            }
+            let stream = response
+                .bytes_stream()
+                .map(move |chunk| chunk.map_err(|e| SourceError::transport(&url, &e)));
+            Ok(Box::pin(stream) as ByteStream)
+        }
+    }
+
+    async fn send(
+        &self,
+        url: &Url,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, SourceError> {
+        self.authorize(url, request)
+            .await?
+            .send()
+            .await
+            .map_err(|e| SourceError::transport(url, &e))
+    }
+
+    /// Adds the credentials' headers to `request`.
+    fn authorize(
+        &self,
+        url: &Url,
+        request: reqwest::RequestBuilder,
+    ) -> impl Future<Output = Result<reqwest::RequestBuilder, SourceError>> + Send + use<> {
+        let credentials = match &self.auth {
+            Auth::Anonymous => Ok(None),
+            Auth::Adc(c) => Ok(Some(c.clone())),
+            Auth::Missing(reason) => Err(no_credentials(url, reason)),
+        };
+        let url = url.clone();
+        async move {
+            let Some(credentials) = credentials? else {
+                return Ok(request);
+            };
+            match credentials.headers(http::Extensions::new()).await {
+                Ok(CacheableResource::New { data, .. }) => Ok(request.headers(data)),
+                Ok(CacheableResource::NotModified) => Ok(request),
+                Err(e) => Err(no_credentials(&url, &e.to_string())),
+            }
+        }
+    }
+
+    /// The error for a failed metadata read, telling a missing bucket from a
+    /// missing object where the bucket can be looked up.
+    async fn refusal(
+        &self,
+        url: &Url,
+        object: &ObjectRef,
+        response: reqwest::Response,
+    ) -> SourceError {
+        let status = response.status();
+        if status != StatusCode::NOT_FOUND {
+            return status_error(url, status, "metadata read");
+        }
+        let mut bucket = self.endpoint.clone();
+        if let Ok(mut path) = bucket.path_segments_mut() {
+            path.extend(["storage", "v1", "b", &object.bucket]);
+        }
+        let bucket_missing = match self.send(url, self.client.get(bucket)).await {
+            Ok(r) => r.status() == StatusCode::NOT_FOUND,
+            Err(_) => false,
+        };
+        let detail = match (bucket_missing, object.generation) {
+            (true, _) => format!("bucket {:?} does not exist", object.bucket),
+            (false, Some(generation)) => format!(
+                "no generation {generation} of object {:?} in bucket {:?}",
+                object.name, object.bucket
+            ),
+            (false, None) => format!("no object {:?} in bucket {:?}", object.name, object.bucket),
+        };
+        SourceError::NotFound {
+            url: url.to_string(),
+            detail,
+        }
+    }
+
+    /// `{endpoint}/storage/v1/b/{bucket}/o/{object}?generation=G&query...`;
+    /// the object name is one path segment, its slashes percent-encoded.
+    fn media_url(
+        &self,
+        object: &ObjectRef,
+        generation: Option<u64>,
+        query: &[(&str, &str)],
+    ) -> Url {
+        let mut url = self.endpoint.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty()
+                .extend(["storage", "v1", "b", &object.bucket, "o", &object.name]);
+        }
+        {
+            let mut pairs = url.query_pairs_mut();
+            if let Some(generation) = generation {
+                pairs.append_pair("generation", &generation.to_string());
+            }
+            pairs.extend_pairs(query);
+        }
+        url
+    }
+}
+
+impl Source for GcsSource {
+    fn open<'a>(&'a self, url: &'a Url) -> OpenFuture<'a> {
+        Box::pin(self.open_at(url, 0))
+    }
+}
+
+impl ObjectRef {
+    fn parse(url: &Url) -> Result<ObjectRef, SourceError> {
+        let invalid = |reason: String| SourceError::InvalidUrl {
+            url: url.to_string(),
+            reason,
+        };
+        let bucket = url.host_str().unwrap_or_default().to_owned();
+        let valid_bucket = (3..=222).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.'));
+        if !valid_bucket {
+            return Err(invalid(format!(
+                "bucket {bucket:?}: want 3-222 of a-z 0-9 - _ . (gs://BUCKET/OBJECT)"
+            )));
+        }
+        let path = url.path().strip_prefix('/').unwrap_or_default();
+        let name = percent_encoding::percent_decode_str(path)
+            .decode_utf8()
+            .map_err(|_| invalid("object name is not UTF-8".into()))?
+            .into_owned();
+        if name.is_empty() {
+            return Err(invalid("no object name (gs://BUCKET/OBJECT)".into()));
+        }
+        let mut generation = None;
+        for (key, value) in url.query_pairs() {
+            match key.as_ref() {
+                "generation" => generation = Some(value.into_owned()),
+                other => return Err(invalid(format!("unknown query parameter {other:?}"))),
+            }
+        }
+        if let Some(fragment) = url.fragment() {
+            generation = Some(fragment.to_owned());
+        }
+        let generation = generation
+            .map(|g| match g.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(invalid(format!(
+                    "generation {g:?} is not a positive integer"
+                ))),
+            })
+            .transpose()?;
+        Ok(ObjectRef {
+            bucket,
+            name,
+            generation,
+        })
+    }
+}
+
+fn adc() -> Auth {
+    let built = credentials::Builder::default()
+        .with_scopes([READ_ONLY_SCOPE])
+        .build();
+    match built {
+        Ok(credentials) => Auth::Adc(credentials),
+        Err(e) => Auth::Missing(e.to_string()),
+    }
+}
+
+fn no_credentials(url: &Url, reason: &str) -> SourceError {
+    SourceError::Denied {
+        url: url.to_string(),
+        reason: format!(
+            "no usable Google credentials ({reason}): set GOOGLE_APPLICATION_CREDENTIALS, \
+             run `gcloud auth application-default login`, or start assetd with \
+             --gcs-anonymous for public buckets"
+        ),
+    }
+}
+
+fn status_error(url: &Url, status: StatusCode, what: &str) -> SourceError {
+    let url = url.to_string();
+    match status {
+        StatusCode::NOT_FOUND => SourceError::NotFound {
+            url,
+            detail: format!("{what}: HTTP {status}"),
+        },
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SourceError::Denied {
+            url,
+            reason: format!("{what}: GCS answered HTTP {status}"),
+        },
+        _ => SourceError::Status {
+            url,
+            status: status.as_u16(),
+        },
+    }
+}
+
+/// GCS reports CRC32C as the base64 of its 4 big-endian bytes.
+fn decode_crc32c(url: &Url, text: &str) -> Result<u32, SourceError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .ok_or_else(|| SourceError::Transport {
+            url: url.to_string(),
+            detail: format!("object metadata has a malformed crc32c: {text:?}"),
+        })?;
+    Ok(u32::from_be_bytes(bytes))
+}
+
+/// Passes a body through, computing its CRC32C; at the end, a mismatch
+/// becomes the stream's last item, an error.
+struct Crc32cCheck {
+    inner: ByteStream,
+    expected: u32,
+    crc: u32,
+    url: String,
+    done: bool,
+}
+
+impl Crc32cCheck {
+    fn new(inner: ByteStream, expected: u32, url: &Url) -> Crc32cCheck {
+        Crc32cCheck {
+            inner,
+            expected,
+            crc: 0,
+            url: url.to_string(),
+            done: false,
+        }
+    }
+}
+
+impl Stream for Crc32cCheck {
+    type Item = Result<Bytes, SourceError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let polled = self.inner.as_mut().poll_next(cx);
+        match polled {
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.crc = crc32c::crc32c_append(self.crc, &chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                if self.crc == self.expected {
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(SourceError::ChecksumMismatch {
+                    url: self.url.clone(),
+                    algorithm: "crc32c",
+                    expected: format!("{:08x}", self.expected),
+                    actual: format!("{:08x}", self.crc),
+                })))
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ObjectRef, SourceError> {
+        ObjectRef::parse(&Url::parse(text).unwrap())
+    }
+
+    #[test]
+    fn parses_bucket_object_and_generation_pins() {
+        let plain = parse("gs://my-bucket/images/vm linux.img").unwrap();
+        assert_eq!(plain.bucket, "my-bucket");
+        assert_eq!(plain.name, "images/vm linux.img");
+        assert_eq!(plain.generation, None);
+        assert_eq!(parse("gs://bkt/a#123").unwrap().generation, Some(123));
+        assert_eq!(
+            parse("gs://bkt/a?generation=7").unwrap().generation,
+            Some(7)
+        );
+        assert_eq!(parse("gs://bkt/a%2Bb+c%20d").unwrap().name, "a+b+c d");
+    }
+
+    #[test]
+    fn refuses_malformed_gs_urls_naming_the_part() {
+        for (url, part) in [
+            ("gs://Bad_Bucket!/a", "bucket"),
+            ("gs://bkt/", "no object name"),
+            ("gs://bkt", "no object name"),
+            ("gs://bkt/a#-1", "\"-1\""),
+            ("gs://bkt/a?generation=x", "\"x\""),
+            ("gs://bkt/a?alt=media", "\"alt\""),
+        ] {
+            let err = parse(url).unwrap_err().to_string();
+            assert!(err.contains(part), "{url}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn crc32c_mismatch_ends_the_stream_with_an_error() {
+        let url = Url::parse("gs://bkt/obj").unwrap();
+        let chunks = || {
+            let items: Vec<Result<Bytes, SourceError>> = vec![
+                Ok(Bytes::from_static(b"hello ")),
+                Ok(Bytes::from_static(b"world")),
+            ];
+            Box::pin(tokio_stream::iter(items)) as ByteStream
+        };
+        let right = crc32c::crc32c(b"hello world");
+        let ok: Vec<_> = Crc32cCheck::new(chunks(), right, &url).collect().await;
+        assert!(ok.iter().all(Result::is_ok) && ok.len() == 2);
+
+        let bad: Vec<_> = Crc32cCheck::new(chunks(), right ^ 1, &url).collect().await;
+        let err = bad.last().unwrap().as_ref().unwrap_err().to_string();
+        assert!(
+            err.contains("crc32c") && err.contains(&format!("{right:08x}")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn decodes_gcs_crc32c_format() {
+        let url = Url::parse("gs://bkt/obj").unwrap();
+        // fake-gcs-server's crc32c for "hello\n".
+        assert_eq!(
+            decode_crc32c(&url, "NT3Yvg==").unwrap(),
+            crc32c::crc32c(b"hello\n")
+        );
+        assert!(decode_crc32c(&url, "nope").is_err());
+    }
+}
