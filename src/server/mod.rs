@@ -3,6 +3,7 @@
 //! `tonic::Status` here, once; no I/O logic lives here.
 
 mod assets;
+mod authority;
 mod socket;
 
 use std::future::Future;
@@ -95,12 +96,17 @@ pub async fn serve(
         shutdown.await;
         let _ = stopping.send(());
     };
+    // Every connection goes through FixAuthority so that grpcurl 1.8.6 works
+    // with an absolute socket path.
+    let incoming = tokio_stream::StreamExt::map(UnixListenerStream::new(listener), |accepted| {
+        accepted.map(authority::FixAuthority::new)
+    });
     let serving = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AssetsServer::new(AssetsService::new(fetcher)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(incoming, shutdown);
     // Graceful shutdown waits for every client to close its connection; a
     // stuck client must not keep the daemon alive.
     let grace = async {

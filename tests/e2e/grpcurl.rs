@@ -20,10 +20,11 @@ fn grpcurl() -> PathBuf {
     venv
 }
 
-/// Runs `grpcurl FLAGS SOCKET TARGET...` against the daemon; returns stdout.
+/// Runs `grpcurl -plaintext -unix FLAGS SOCKET TARGET...` against the
+/// daemon, as the README does (the socket path is absolute); returns stdout.
 fn run(daemon: &TestDaemon, flags: &[&str], target: &[&str]) -> String {
     let out = Command::new(grpcurl())
-        .args(["-plaintext", "-authority", "localhost", "-unix"])
+        .args(["-plaintext", "-unix"])
         .args(flags)
         .arg(&daemon.socket)
         .args(target)
@@ -54,6 +55,9 @@ async fn grpcurl_lists_describes_and_fetches_via_reflection() {
     ] {
         assert!(services.contains(name), "{services}");
     }
+    // The alternative the README mentions, and what grpcurl 1.9 sends.
+    let services = run(&daemon, &["-authority", "localhost"], &["list"]);
+    assert!(services.contains("assetd.v1.Assets"), "{services}");
     let described = run(&daemon, &[], &["describe", "assetd.v1.Assets"]);
     assert!(
         described.contains("rpc Fetch") && described.contains("makes sure the asset"),
@@ -82,8 +86,6 @@ async fn grpcurl_reports_errors_with_their_codes() {
     let out = Command::new(grpcurl())
         .args([
             "-plaintext",
-            "-authority",
-            "localhost",
             "-unix",
             "-d",
             r#"{"url":"https://x/y","digest":"sha256:nope"}"#,
