@@ -68,7 +68,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(assetd::daemon::run(config, shutdown_signal())) {
+    let result = runtime.block_on(async {
+        let shutdown = shutdown_signal().map_err(|e| format!("installing signal handlers: {e}"))?;
+        assetd::daemon::run(config, shutdown)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("assetd: {e}");
@@ -77,18 +83,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
+/// Installs the SIGINT and SIGTERM handlers now, before the socket is
+/// bound: a signal sent as soon as clients can connect must stop the daemon
+/// cleanly, not kill it. The returned future completes on either signal.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    })
 }
