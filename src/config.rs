@@ -1,10 +1,20 @@
 //! The daemon's configuration: one typed value, validated once at start.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The default size limit: 8 GiB, above any kernel or rootfs image we serve
 /// and below what would fill an ordinary node's disk by mistake.
 pub const DEFAULT_MAX_SIZE: u64 = 8 << 30;
+
+/// Transfers at once: enough to keep a node's link busy, few enough that
+/// each gets a useful share of it.
+pub const DEFAULT_MAX_TRANSFERS: usize = 8;
+/// Transfers at once against one host, so one slow server cannot take
+/// every slot.
+pub const DEFAULT_MAX_PER_HOST: usize = 4;
+/// Tries per URL (the count starts over whenever a try made progress).
+pub const DEFAULT_ATTEMPTS: u32 = 5;
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -25,6 +35,16 @@ pub struct Config {
     pub gcs_emulator: Option<String>,
     /// Read `gs://` without credentials (public buckets only).
     pub gcs_anonymous: bool,
+    /// Transfers running at once; the rest wait in order.
+    pub max_transfers: usize,
+    /// Transfers running at once against one host.
+    pub max_per_host: usize,
+    /// Tries per URL before moving to the next mirror.
+    pub attempts: u32,
+    /// No bytes for this long counts as a failure.
+    pub stall_timeout: Duration,
+    /// Free space to keep on the store's file system, in bytes.
+    pub reserve_free: u64,
 }
 
 /// A configuration value that cannot work.
@@ -49,6 +69,18 @@ pub enum ConfigError {
     /// A size limit of zero would refuse everything.
     #[error("max size must be at least 1 byte")]
     ZeroMaxSize,
+    /// A count that must be at least 1.
+    #[error("{what} must be at least 1")]
+    Zero {
+        /// The setting.
+        what: &'static str,
+    },
+    /// A duration that does not parse.
+    #[error("malformed duration {value:?}: want a number with ms, s or m (500ms, 30s, 2m)")]
+    BadDuration {
+        /// The value as given.
+        value: String,
+    },
     /// A size that does not parse.
     #[error(
         "malformed size {value:?}: want bytes, optionally with a unit (KiB, MiB, GiB, TiB, K, M, G, T)"
@@ -90,6 +122,15 @@ impl Config {
     pub fn validate(mut self) -> Result<Config, ConfigError> {
         if self.max_size == 0 {
             return Err(ConfigError::ZeroMaxSize);
+        }
+        for (what, n) in [
+            ("max transfers", self.max_transfers),
+            ("max per host", self.max_per_host),
+            ("attempts", self.attempts as usize),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::Zero { what });
+            }
         }
         let len = self.socket.as_os_str().len();
         if len > MAX_SOCKET_PATH {
@@ -141,6 +182,26 @@ pub fn parse_size(value: &str) -> Result<u64, ConfigError> {
     n.checked_mul(1 << shift).ok_or_else(bad)
 }
 
+/// Parses a duration such as `30s`, `500ms` or `2m` (a bare number is seconds).
+pub fn parse_duration(value: &str) -> Result<Duration, ConfigError> {
+    let bad = || ConfigError::BadDuration {
+        value: value.to_owned(),
+    };
+    let text = value.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +231,18 @@ mod tests {
     }
 
     #[test]
+    fn parse_duration_accepts_units_and_refuses_garbage() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "s", "-1s", "3h", "1e400", "x"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
     fn validate_refuses_missing_file_root_and_long_socket() {
         let config = Config {
             root: "/tmp/x".into(),
@@ -178,6 +251,11 @@ mod tests {
             max_size: 1,
             gcs_emulator: None,
             gcs_anonymous: false,
+            max_transfers: 1,
+            max_per_host: 1,
+            attempts: 1,
+            stall_timeout: Duration::from_secs(30),
+            reserve_free: 0,
         };
         let err = config.clone().validate().unwrap_err();
         assert!(

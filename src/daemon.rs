@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::fetch::Fetcher;
+use crate::fetch::{FetchOptions, Fetcher};
 use crate::server::{self, ServerError};
 use crate::source::{SourceError, Sources};
 use crate::store::{Store, StoreError};
@@ -55,9 +55,13 @@ fn fetcher(config: &Config) -> Result<Arc<Fetcher>, DaemonError> {
         gcs_emulator = config.gcs_emulator.as_deref().unwrap_or("none"),
         "store open"
     );
-    Ok(Arc::new(Fetcher::new(
-        Arc::new(store),
-        sources,
-        config.max_size,
-    )))
+    let options = FetchOptions {
+        max_size: config.max_size,
+        max_transfers: config.max_transfers,
+        max_per_host: config.max_per_host,
+        attempts: config.attempts,
+        stall_timeout: config.stall_timeout,
+        reserve_free: config.reserve_free,
+    };
+    Ok(Arc::new(Fetcher::new(Arc::new(store), sources, options)))
 }

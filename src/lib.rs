@@ -28,6 +28,18 @@ pub mod server;
 pub mod source;
 pub mod store;
 
+/// `err` and its causes, outermost first, joined with ": ".
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// The generated `assetd.v1` API.
 #[allow(missing_docs, clippy::all)]
 pub mod proto {

@@ -3,12 +3,16 @@
 //! Output is readable by default and JSON with `--json`. The exit code tells
 //! failure kinds apart (see `EXIT CODES` in `--help`).
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use assetd::proto::assets_client::AssetsClient;
+use assetd::proto::fetch_event::Event;
 use assetd::proto::{self, Asset};
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -35,10 +39,17 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Make sure an asset is cached; print its path
+    /// Make sure an asset is cached; print its path (progress on stderr)
     Fetch {
-        /// Where to get it: http://, https:// or file://
+        /// Where to get it: http://, https://, gs:// or file://
         url: String,
+        /// Another URL for the same bytes, tried in order when one fails
+        /// (repeatable)
+        #[arg(long = "mirror", value_name = "URL")]
+        mirrors: Vec<String>,
+        /// Show no progress
+        #[arg(long, short)]
+        quiet: bool,
         /// Its digest: sha256:<64 hex>
         #[arg(long)]
         digest: String,
@@ -95,17 +106,20 @@ async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Fetch {
             url,
+            mirrors,
+            quiet,
             digest,
             size,
             max_size,
         } => {
             let req = proto::FetchRequest {
                 url,
+                mirrors,
                 digest,
                 size,
                 max_size,
             };
-            client.fetch(req).await.map(|r| out.fetched(r.into_inner()))
+            fetch(&mut client, req, &out, quiet).await
         }
         Command::Ls => list(&mut client, &out).await,
         Command::Stat { digest } => client
@@ -129,8 +143,102 @@ async fn connect(socket: &std::path::Path) -> Result<AssetsClient<Channel>, Stri
     let absolute = std::path::absolute(socket).map_err(|e| e.to_string())?;
     let endpoint = Endpoint::from_shared(format!("unix://{}", absolute.display()))
         .map_err(|e| e.to_string())?;
-    let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| assetd::error_chain(&e))?;
     Ok(AssetsClient::new(channel))
+}
+
+async fn fetch(
+    client: &mut AssetsClient<Channel>,
+    req: proto::FetchRequest,
+    out: &Output,
+    quiet: bool,
+) -> Result<(), Status> {
+    let mut events = client.fetch_progress(req).await?.into_inner();
+    let mut display = ProgressDisplay::new(quiet);
+    while let Some(event) = events.message().await? {
+        match event.event {
+            Some(Event::Progress(p)) => display.update(&p),
+            Some(Event::Done(done)) => {
+                display.finish();
+                out.fetched(done);
+                return Ok(());
+            }
+            None => {}
+        }
+    }
+    Err(Status::unknown(
+        "the daemon ended the stream without a result",
+    ))
+}
+
+/// Progress on stderr: a bar on a terminal, a plain line every few seconds
+/// otherwise (logs, CI), nothing with `--quiet`.
+enum ProgressDisplay {
+    Bar(ProgressBar),
+    Lines(Option<Instant>),
+    Quiet,
+}
+
+/// Time between plain progress lines.
+const LINE_EVERY: Duration = Duration::from_secs(2);
+
+impl ProgressDisplay {
+    fn new(quiet: bool) -> ProgressDisplay {
+        if quiet {
+            return ProgressDisplay::Quiet;
+        }
+        if !std::io::stderr().is_terminal() {
+            return ProgressDisplay::Lines(None);
+        }
+        let bar = ProgressBar::new(0);
+        let style = ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+        );
+        if let Ok(style) = style {
+            bar.set_style(style);
+        }
+        ProgressDisplay::Bar(bar)
+    }
+
+    fn update(&mut self, p: &proto::Progress) {
+        match self {
+            ProgressDisplay::Bar(bar) => {
+                bar.set_length(p.bytes_total.max(p.bytes_done));
+                bar.set_position(p.bytes_done);
+                bar.set_message(p.source.clone());
+            }
+            ProgressDisplay::Lines(last) => {
+                if last.is_some_and(|t| t.elapsed() < LINE_EVERY) {
+                    return;
+                }
+                *last = Some(Instant::now());
+                let of = match p.bytes_total {
+                    0 => String::new(),
+                    total => format!(" of {} ({}%)", human(total), p.bytes_done * 100 / total),
+                };
+                let from = if p.source.is_empty() {
+                    "waiting for a slot".to_owned()
+                } else {
+                    p.source.clone()
+                };
+                eprintln!(
+                    "assetctl: {}{of}, {:.1} MB/s, {from}",
+                    human(p.bytes_done),
+                    p.bytes_per_second / 1e6
+                );
+            }
+            ProgressDisplay::Quiet => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let ProgressDisplay::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 async fn list(client: &mut AssetsClient<Channel>, out: &Output) -> Result<(), Status> {
@@ -243,15 +351,4 @@ fn exit_code(code: Code) -> u8 {
 fn fail(code: u8, message: &str) -> ExitCode {
     eprintln!("assetctl: {message}");
     ExitCode::from(code)
-}
-
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }

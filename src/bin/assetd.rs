@@ -33,6 +33,23 @@ struct Args {
     /// A GCS emulator (host:port or URL) to read gs:// from, without credentials
     #[arg(long, value_name = "HOST", env = "STORAGE_EMULATOR_HOST")]
     gcs_emulator: Option<String>,
+    /// Transfers running at once; the rest wait in order
+    #[arg(long, default_value_t = config::DEFAULT_MAX_TRANSFERS)]
+    max_transfers: usize,
+    /// Transfers running at once against one host
+    #[arg(long, default_value_t = config::DEFAULT_MAX_PER_HOST)]
+    max_per_host: usize,
+    /// Tries per URL before the next mirror (starts over after progress)
+    #[arg(long, default_value_t = config::DEFAULT_ATTEMPTS)]
+    attempts: u32,
+    /// No bytes for this long is a failure, retried (500ms, 30s, 2m): long
+    /// enough for a slow CDN's first byte, short enough to notice a dead link
+    #[arg(long, default_value = "30s", value_parser = config::parse_duration)]
+    stall_timeout: std::time::Duration,
+    /// Free space to keep on the store's file system, for logs and the node's
+    /// other work
+    #[arg(long, default_value = "512MiB", value_parser = config::parse_size)]
+    reserve_free: u64,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +70,11 @@ fn main() -> ExitCode {
         max_size: args.max_size,
         gcs_emulator: args.gcs_emulator.filter(|h| !h.is_empty()),
         gcs_anonymous: args.gcs_anonymous,
+        max_transfers: args.max_transfers,
+        max_per_host: args.max_per_host,
+        attempts: args.attempts,
+        stall_timeout: args.stall_timeout,
+        reserve_free: args.reserve_free,
     };
     let config = match config.validate() {
         Ok(c) => c,

@@ -7,8 +7,9 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument as _;
 
+use super::progress;
 use crate::digest::Digest;
-use crate::fetch::{FetchError, Fetcher, Want};
+use crate::fetch::{FetchError, Fetched, Fetcher, Want};
 use crate::proto;
 use crate::source::SourceError;
 use crate::store::{Blob, StoreError};
@@ -37,25 +38,28 @@ impl proto::assets_server::Assets for AssetsService {
         request: Request<proto::FetchRequest>,
     ) -> Result<Response<proto::FetchResponse>, Status> {
         let span = peer_span("Fetch", &request);
-        let req = request.into_inner();
-        let want = Want {
-            digest: parse_digest(&req.digest)?,
-            url: req.url,
-            size: nonzero(req.size),
-            max_size: nonzero(req.max_size),
-        };
+        let want = want(request.into_inner())?;
         let fetched = self
             .fetcher
-            .fetch(&want)
+            .fetch(want)
             .instrument(span)
             .await
-            .map_err(status)?;
-        Ok(Response::new(proto::FetchResponse {
-            digest: fetched.blob.digest.to_string(),
-            path: fetched.blob.path.display().to_string(),
-            size: fetched.blob.size,
-            cache_hit: fetched.cache_hit,
-        }))
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(fetch_response(fetched)))
+    }
+
+    type FetchProgressStream = progress::EventStream;
+
+    async fn fetch_progress(
+        &self,
+        request: Request<proto::FetchRequest>,
+    ) -> Result<Response<Self::FetchProgressStream>, Status> {
+        let span = peer_span("FetchProgress", &request);
+        let want = want(request.into_inner())?;
+        let started = span
+            .in_scope(|| self.fetcher.start(want))
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(progress::events(started, span)))
     }
 
     async fn stat(
@@ -64,7 +68,7 @@ impl proto::assets_server::Assets for AssetsService {
     ) -> Result<Response<proto::StatResponse>, Status> {
         let digest = parse_digest(&request.get_ref().digest)?;
         let blob = self.fetcher.store().stat(&digest).map_err(store_status)?;
-        let blob = blob.ok_or_else(|| status(FetchError::NotCached { digest }))?;
+        let blob = blob.ok_or_else(|| status(&FetchError::NotCached { digest }))?;
         Ok(Response::new(proto::StatResponse {
             asset: Some(asset(blob)),
         }))
@@ -109,7 +113,7 @@ impl proto::assets_server::Assets for AssetsService {
     ) -> Result<Response<proto::DeleteResponse>, Status> {
         let span = peer_span("Delete", &request);
         let digest = parse_digest(&request.get_ref().digest)?;
-        let size = self.fetcher.delete(&digest).map_err(status)?;
+        let size = self.fetcher.delete(&digest).map_err(|e| status(&e))?;
         span.in_scope(|| tracing::info!(%digest, bytes = size, "deleted"));
         Ok(Response::new(proto::DeleteResponse { size }))
     }
@@ -134,6 +138,26 @@ fn parse_digest(value: &str) -> Result<Digest, Status> {
         .map_err(|e: crate::digest::DigestError| Status::invalid_argument(e.to_string()))
 }
 
+/// Parses a fetch request into what the fetch layer takes.
+fn want(req: proto::FetchRequest) -> Result<Want, Status> {
+    Ok(Want {
+        digest: parse_digest(&req.digest)?,
+        url: req.url,
+        mirrors: req.mirrors,
+        size: nonzero(req.size),
+        max_size: nonzero(req.max_size),
+    })
+}
+
+pub(super) fn fetch_response(fetched: Fetched) -> proto::FetchResponse {
+    proto::FetchResponse {
+        digest: fetched.blob.digest.to_string(),
+        path: fetched.blob.path.display().to_string(),
+        size: fetched.blob.size,
+        cache_hit: fetched.cache_hit,
+    }
+}
+
 fn nonzero(n: u64) -> Option<u64> {
     (n != 0).then_some(n)
 }
@@ -148,12 +172,16 @@ fn asset(blob: Blob) -> proto::Asset {
 }
 
 fn store_status(err: StoreError) -> Status {
-    status(FetchError::Store(err))
+    status(&FetchError::Store(err))
 }
 
 /// The one mapping from errors to gRPC status codes.
-fn status(err: FetchError) -> Status {
-    let code = match &err {
+pub(super) fn status(err: &FetchError) -> Status {
+    Status::new(code(err.root()), err.to_string())
+}
+
+fn code(err: &FetchError) -> Code {
+    match err {
         FetchError::Source(e) => match e {
             SourceError::InvalidUrl { .. } | SourceError::UnsupportedScheme { .. } => {
                 Code::InvalidArgument
@@ -161,13 +189,15 @@ fn status(err: FetchError) -> Status {
             SourceError::NotFound { .. } => Code::NotFound,
             SourceError::Denied { .. } => Code::PermissionDenied,
             SourceError::ChecksumMismatch { .. } => Code::DataLoss,
-            SourceError::Status { .. } | SourceError::Transport { .. } | SourceError::Io { .. } => {
-                Code::Unavailable
-            }
+            SourceError::Status { .. }
+            | SourceError::Transport { .. }
+            | SourceError::BadRange { .. }
+            | SourceError::Io { .. } => Code::Unavailable,
         },
         FetchError::Store(e) => match e {
             StoreError::LimitExceeded { .. } => Code::ResourceExhausted,
             StoreError::SizeMismatch { .. } | StoreError::DigestMismatch { .. } => Code::DataLoss,
+            StoreError::NoSpace { .. } => Code::ResourceExhausted,
             StoreError::Io { .. } if e.is_no_space() => Code::ResourceExhausted,
             StoreError::Io { .. } | StoreError::Locked { .. } => Code::Internal,
         },
@@ -177,8 +207,9 @@ fn status(err: FetchError) -> Status {
         FetchError::DeclaredSizeMismatch { .. } | FetchError::CachedSizeMismatch { .. } => {
             Code::DataLoss
         }
+        FetchError::Stalled { .. } => Code::Unavailable,
         FetchError::NotCached { .. } => Code::NotFound,
         FetchError::InProgress { .. } => Code::FailedPrecondition,
-    };
-    Status::new(code, err.to_string())
+        FetchError::Lost { .. } | FetchError::Transfer(_) => Code::Internal,
+    }
 }

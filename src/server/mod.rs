@@ -4,6 +4,7 @@
 
 mod assets;
 mod authority;
+mod progress;
 mod socket;
 
 use std::future::Future;

@@ -5,9 +5,9 @@
 //! file's real path (so a symlink swapped in between cannot escape).
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Seek as _, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
@@ -15,7 +15,7 @@ use tokio_stream::StreamExt as _;
 use tokio_util::io::ReaderStream;
 use url::Url;
 
-use super::{OpenFuture, Opened, Source, SourceError};
+use super::{OpenFuture, Opened, Resume, Source, SourceError};
 
 /// Bytes per read: large reads keep the per-chunk costs small.
 const READ_BYTES: usize = 1 << 20;
@@ -32,7 +32,7 @@ impl FileSource {
         FileSource { roots }
     }
 
-    async fn read(&self, url: &Url) -> Result<Opened, SourceError> {
+    async fn read(&self, url: &Url, resume: Option<&Resume>) -> Result<Opened, SourceError> {
         let path = url.to_file_path().map_err(|()| SourceError::InvalidUrl {
             url: url.to_string(),
             reason: "want file:///absolute/path (no host)".to_owned(),
@@ -45,11 +45,32 @@ impl FileSource {
         }
         let roots = self.roots.clone();
         let url_text = url.to_string();
-        let (file, path) =
+        let (mut file, path) =
             tokio::task::spawn_blocking(move || open_inside(&url_text, &path, &roots))
                 .await
-                .map_err(|e| SourceError::transport(url, &e))??;
-        let size = file.metadata().map(|m| m.len()).ok();
+                .map_err(|e| SourceError::transport(url, &e, false))??;
+        let meta = file.metadata().map_err(|source| SourceError::Io {
+            op: "stat",
+            path: path.clone(),
+            source,
+        })?;
+        // A file is the same version while its inode, size and mtime are.
+        let validator = format!(
+            "{}-{}-{}",
+            meta.ino(),
+            meta.len(),
+            meta.mtime_nsec() + meta.mtime() * 1_000_000_000
+        );
+        let offset = match resume {
+            Some(r) if r.validator == validator && r.offset <= meta.len() => r.offset,
+            _ => 0,
+        };
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|source| SourceError::Io {
+                op: "seek",
+                path: path.clone(),
+                source,
+            })?;
         let body = ReaderStream::with_capacity(tokio::fs::File::from_std(file), READ_BYTES).map(
             move |chunk| {
                 chunk.map_err(|source| SourceError::Io {
@@ -60,15 +81,17 @@ impl FileSource {
             },
         );
         Ok(Opened {
-            size,
+            size: Some(meta.len()),
+            offset,
+            validator: Some(validator),
             body: Box::pin(body),
         })
     }
 }
 
 impl Source for FileSource {
-    fn open<'a>(&'a self, url: &'a Url) -> OpenFuture<'a> {
-        Box::pin(self.read(url))
+    fn open<'a>(&'a self, url: &'a Url, resume: Option<&'a Resume>) -> OpenFuture<'a> {
+        Box::pin(self.read(url, resume))
     }
 }
 

@@ -25,7 +25,7 @@ use reqwest::StatusCode;
 use tokio_stream::{Stream, StreamExt as _};
 use url::Url;
 
-use super::{ByteStream, OpenFuture, Opened, Source, SourceError};
+use super::{ByteStream, OpenFuture, Opened, Resume, Source, SourceError};
 
 /// The public endpoint, when no emulator is configured.
 const GCS_ENDPOINT: &str = "https://storage.googleapis.com";
@@ -88,16 +88,36 @@ impl GcsSource {
         })
     }
 
-    /// Opens the object at `url` for reading from byte `offset`. The
-    /// reported size is the whole object's. CRC32C is checked only when
-    /// reading from the start.
-    pub async fn open_at(&self, url: &Url, offset: u64) -> Result<Opened, SourceError> {
-        let object = ObjectRef::parse(url)?;
-        let meta = self.metadata(url, &object).await?;
+    /// Opens the object at `url`, from `resume.offset` when the generation
+    /// `resume.validator` names still exists, else from the start of the
+    /// current one. The reported size is the whole object's. CRC32C is
+    /// checked only on reads from the start.
+    pub async fn read(&self, url: &Url, resume: Option<&Resume>) -> Result<Opened, SourceError> {
+        let mut object = ObjectRef::parse(url)?;
+        let pinned = object.generation;
+        let resume = resume.and_then(|r| Some((r.offset, r.validator.parse::<u64>().ok()?)));
+        let meta = match resume {
+            Some((offset, generation)) => {
+                object.generation = Some(generation);
+                match self.metadata(url, &object).await {
+                    Ok(meta) => Some((offset, meta)),
+                    // That generation is gone: start over on the current one.
+                    Err(SourceError::NotFound { .. }) if pinned.is_none() => None,
+                    Err(e) => return Err(e),
+                }
+            }
+            None => None,
+        };
+        object.generation = pinned;
+        let (offset, meta) = match meta {
+            Some(found) => found,
+            None => (0, self.metadata(url, &object).await?),
+        };
         let parse = |what: &str, value: &str| {
             value.parse::<u64>().map_err(|_| SourceError::Transport {
                 url: url.to_string(),
                 detail: format!("object metadata has a malformed {what}: {value:?}"),
+                retryable: false,
             })
         };
         let size = parse("size", &meta.size)?;
@@ -114,6 +134,8 @@ impl GcsSource {
         };
         Ok(Opened {
             size: Some(size),
+            offset,
+            validator: Some(generation.to_string()),
             body,
         })
     }
@@ -130,7 +152,7 @@ impl GcsSource {
         response
             .json::<Metadata>()
             .await
-            .map_err(|e| SourceError::transport(url, &e))
+            .map_err(|e| SourceError::reqwest(url, &e))
     }
 
     /// The media request, sent when the body is first polled.
@@ -150,18 +172,24 @@ impl GcsSource {
                 .await?
                 .send()
                 .await
-                .map_err(|e| SourceError::transport(&url, &e))?;
+                .map_err(|e| SourceError::reqwest(&url, &e))?;
             let expected = if offset > 0 {
                 StatusCode::PARTIAL_CONTENT
             } else {
                 StatusCode::OK
             };
             if response.status() != expected {
-                return Err(status_error(&url, response.status(), "media read"));
+                let retry_after = super::http::retry_after(&response);
+                return Err(status_error(
+                    &url,
+                    response.status(),
+                    retry_after,
+                    "media read",
+                ));
             }
             let stream = response
                 .bytes_stream()
-                .map(move |chunk| chunk.map_err(|e| SourceError::transport(&url, &e)));
+                .map(move |chunk| chunk.map_err(|e| SourceError::reqwest(&url, &e)));
             Ok(Box::pin(stream) as ByteStream)
         }
     }
@@ -175,7 +203,7 @@ impl GcsSource {
             .await?
             .send()
             .await
-            .map_err(|e| SourceError::transport(url, &e))
+            .map_err(|e| SourceError::reqwest(url, &e))
     }
 
     /// Adds the credentials' headers to `request`.
@@ -212,7 +240,8 @@ impl GcsSource {
     ) -> SourceError {
         let status = response.status();
         if status != StatusCode::NOT_FOUND {
-            return status_error(url, status, "metadata read");
+            let retry_after = super::http::retry_after(&response);
+            return status_error(url, status, retry_after, "metadata read");
         }
         let mut bucket = self.endpoint.clone();
         if let Ok(mut path) = bucket.path_segments_mut() {
@@ -261,8 +290,8 @@ impl GcsSource {
 }
 
 impl Source for GcsSource {
-    fn open<'a>(&'a self, url: &'a Url) -> OpenFuture<'a> {
-        Box::pin(self.open_at(url, 0))
+    fn open<'a>(&'a self, url: &'a Url, resume: Option<&'a Resume>) -> OpenFuture<'a> {
+        Box::pin(self.read(url, resume))
     }
 }
 
@@ -337,7 +366,12 @@ fn no_credentials(url: &Url, reason: &str) -> SourceError {
     }
 }
 
-fn status_error(url: &Url, status: StatusCode, what: &str) -> SourceError {
+fn status_error(
+    url: &Url,
+    status: StatusCode,
+    retry_after: Option<std::time::Duration>,
+    what: &str,
+) -> SourceError {
     let url = url.to_string();
     match status {
         StatusCode::NOT_FOUND => SourceError::NotFound {
@@ -351,6 +385,7 @@ fn status_error(url: &Url, status: StatusCode, what: &str) -> SourceError {
         _ => SourceError::Status {
             url,
             status: status.as_u16(),
+            retry_after,
         },
     }
 }
@@ -364,6 +399,7 @@ fn decode_crc32c(url: &Url, text: &str) -> Result<u32, SourceError> {
         .ok_or_else(|| SourceError::Transport {
             url: url.to_string(),
             detail: format!("object metadata has a malformed crc32c: {text:?}"),
+            retryable: false,
         })?;
     Ok(u32::from_be_bytes(bytes))
 }

@@ -2,17 +2,17 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
+use reqwest::{StatusCode, header};
 use tokio_stream::StreamExt as _;
 use url::Url;
 
-use super::{OpenFuture, Opened, Source, SourceError};
+use super::{OpenFuture, Opened, Resume, Source, SourceError};
 
 /// Redirects followed before giving up: enough for CDNs and signed-URL
 /// hops, few enough that a loop ends quickly.
 const MAX_REDIRECTS: usize = 10;
 /// Time to establish a connection (TCP and TLS).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads objects over HTTP(S). One client, so connections are reused.
 pub struct HttpSource {
@@ -26,33 +26,96 @@ impl HttpSource {
         Ok(HttpSource { client })
     }
 
-    async fn get(&self, url: &Url) -> Result<Opened, SourceError> {
-        let response = self
-            .client
-            .get(url.clone())
+    async fn get(&self, url: &Url, resume: Option<&Resume>) -> Result<Opened, SourceError> {
+        let mut request = self.client.get(url.clone());
+        if let Some(resume) = resume {
+            // If-Range: the server sends the rest only if the object is still
+            // the version we began with, else the whole new one (200).
+            request = request
+                .header(header::RANGE, format!("bytes={}-", resume.offset))
+                .header(header::IF_RANGE, &resume.validator);
+        }
+        let response = request
             .send()
             .await
-            .map_err(|e| SourceError::transport(url, &e))?;
+            .map_err(|e| SourceError::reqwest(url, &e))?;
         let status = response.status();
-        if !status.is_success() {
-            return Err(status_error(url, status));
-        }
-        let size = response.content_length();
+        let (offset, size) = match (status, resume) {
+            (StatusCode::PARTIAL_CONTENT, Some(resume)) => (
+                resume.offset,
+                content_range_total(url, &response, resume.offset)?,
+            ),
+            (s, _) if s.is_success() => (0, response.content_length()),
+            (s, _) => return Err(status_error(url, s, retry_after(&response))),
+        };
+        let validator = validator(&response);
         let stream_url = url.clone();
         let body = response
             .bytes_stream()
-            .map(move |chunk| chunk.map_err(|e| SourceError::transport(&stream_url, &e)));
+            .map(move |chunk| chunk.map_err(|e| SourceError::reqwest(&stream_url, &e)));
         Ok(Opened {
             size,
+            offset,
+            validator,
             body: Box::pin(body),
         })
     }
 }
 
 impl Source for HttpSource {
-    fn open<'a>(&'a self, url: &'a Url) -> OpenFuture<'a> {
-        Box::pin(self.get(url))
+    fn open<'a>(&'a self, url: &'a Url, resume: Option<&'a Resume>) -> OpenFuture<'a> {
+        Box::pin(self.get(url, resume))
     }
+}
+
+/// What names this version for `If-Range`: a strong ETag, else
+/// Last-Modified (weak ETags are not allowed there).
+fn validator(response: &reqwest::Response) -> Option<String> {
+    let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
+    header(header::ETAG)
+        .filter(|etag| !etag.starts_with("W/"))
+        .or_else(|| header(header::LAST_MODIFIED))
+        .map(str::to_owned)
+}
+
+/// Checks that a 206 starts at `offset` and returns the object's total size
+/// from `Content-Range: bytes START-END/TOTAL` (`None` for `*`).
+fn content_range_total(
+    url: &Url,
+    response: &reqwest::Response,
+    offset: u64,
+) -> Result<Option<u64>, SourceError> {
+    let range = response
+        .headers()
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let bad = || SourceError::BadRange {
+        url: url.to_string(),
+        offset,
+        got: format!("Content-Range {range:?}"),
+    };
+    let (span, total) = range
+        .strip_prefix("bytes ")
+        .and_then(|r| r.split_once('/'))
+        .ok_or_else(bad)?;
+    let start = span
+        .split_once('-')
+        .and_then(|(s, _)| s.parse::<u64>().ok());
+    if start != Some(offset) {
+        return Err(bad());
+    }
+    match total {
+        "*" => Ok(None),
+        t => t.parse().map(Some).map_err(|_| bad()),
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare for 429/503 and is
+/// left to the backoff).
+pub(super) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let value = response.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse().ok().map(Duration::from_secs)
 }
 
 /// An HTTP client with assetd's user agent and connect timeout, following
@@ -69,11 +132,12 @@ pub(super) fn client(redirects: Option<usize>) -> Result<reqwest::Client, Source
         .build()
         .map_err(|e| SourceError::Transport {
             url: String::new(),
-            detail: format!("building the HTTP client: {e}"),
+            detail: format!("building the HTTP client: {}", crate::error_chain(&e)),
+            retryable: false,
         })
 }
 
-fn status_error(url: &Url, status: StatusCode) -> SourceError {
+fn status_error(url: &Url, status: StatusCode, retry_after: Option<Duration>) -> SourceError {
     let url = url.to_string();
     match status {
         StatusCode::NOT_FOUND | StatusCode::GONE => SourceError::NotFound {
@@ -87,6 +151,7 @@ fn status_error(url: &Url, status: StatusCode) -> SourceError {
         _ => SourceError::Status {
             url,
             status: status.as_u16(),
+            retry_after,
         },
     }
 }

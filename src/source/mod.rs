@@ -14,6 +14,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_stream::Stream;
@@ -67,6 +68,8 @@ pub enum SourceError {
         url: String,
         /// The HTTP status code.
         status: u16,
+        /// How long the upstream asked us to wait (`Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// The connection or transfer failed.
     #[error("{url}: transfer failed: {detail}")]
@@ -75,6 +78,18 @@ pub enum SourceError {
         url: String,
         /// The client's error with its causes, outermost first.
         detail: String,
+        /// Whether trying again may help (a reset, not a redirect loop).
+        retryable: bool,
+    },
+    /// The upstream answered a resumed read with bytes from elsewhere.
+    #[error("{url}: asked for bytes from {offset}, got {got}")]
+    BadRange {
+        /// The URL.
+        url: String,
+        /// The offset asked for.
+        offset: u64,
+        /// What the upstream's `Content-Range` said.
+        got: String,
     },
     /// The bytes do not match the checksum the source published.
     #[error("{url}: {algorithm} mismatch: expected {expected}, got {actual}")]
@@ -102,17 +117,40 @@ pub enum SourceError {
 
 impl SourceError {
     /// A transfer error for `url`, keeping the chain of causes readable.
-    pub fn transport(url: &Url, err: &(dyn std::error::Error + 'static)) -> SourceError {
-        let mut detail = err.to_string();
-        let mut cause = err.source();
-        while let Some(c) = cause {
-            detail.push_str(": ");
-            detail.push_str(&c.to_string());
-            cause = c.source();
-        }
+    pub fn transport(
+        url: &Url,
+        err: &(dyn std::error::Error + 'static),
+        retryable: bool,
+    ) -> SourceError {
         SourceError::Transport {
             url: url.to_string(),
-            detail,
+            detail: crate::error_chain(err),
+            retryable,
+        }
+    }
+
+    /// A reqwest failure: retryable unless it is about the request itself
+    /// (a redirect loop, a malformed response).
+    pub fn reqwest(url: &Url, err: &reqwest::Error) -> SourceError {
+        let retryable = !(err.is_redirect() || err.is_builder() || err.is_decode());
+        SourceError::transport(url, err, retryable)
+    }
+
+    /// Whether the same URL may succeed if tried again: connection failures,
+    /// resets, 408, 429 and 5xx.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SourceError::Transport { retryable, .. } => *retryable,
+            SourceError::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            _ => false,
+        }
+    }
+
+    /// How long the upstream asked to wait before trying again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SourceError::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -120,12 +158,28 @@ impl SourceError {
 /// The bytes of an object, as they arrive.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, SourceError>> + Send>>;
 
-/// An opened object: its size when the source declares one, and its bytes.
+/// Where to go on with an interrupted read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// Bytes already received.
+    pub offset: u64,
+    /// The [`Opened::validator`] of the first read: the version to go on with.
+    pub validator: String,
+}
+
+/// An opened object.
 pub struct Opened {
-    /// The size the source declares (for HTTP, `Content-Length`); it is a
-    /// claim, and the byte count is checked against it.
+    /// The whole object's size when the source declares one (for HTTP,
+    /// `Content-Length` or the total in `Content-Range`). It is a claim; the
+    /// byte count is checked against it.
     pub size: Option<u64>,
-    /// The object's bytes from the start.
+    /// Where `body` starts: the resume offset when the source honoured it,
+    /// else 0 (the whole object again).
+    pub offset: u64,
+    /// Names this version of the object for a later [`Resume`]; `None` when
+    /// the source cannot resume it.
+    pub validator: Option<String>,
+    /// The object's bytes from `offset`.
     pub body: ByteStream,
 }
 
@@ -134,9 +188,11 @@ pub type OpenFuture<'a> = Pin<Box<dyn Future<Output = Result<Opened, SourceError
 
 /// One URL scheme's way of reading objects.
 pub trait Source: Send + Sync {
-    /// Opens `url` for reading from its first byte. Dropping the future or
-    /// the stream cancels the transfer.
-    fn open<'a>(&'a self, url: &'a Url) -> OpenFuture<'a>;
+    /// Opens `url` for reading, from `resume.offset` when given and the
+    /// object is still the version `resume.validator` names, else from the
+    /// first byte ([`Opened::offset`] says which). Dropping the future or the
+    /// stream cancels the transfer.
+    fn open<'a>(&'a self, url: &'a Url, resume: Option<&'a Resume>) -> OpenFuture<'a>;
 }
 
 /// The sources this daemon serves, by URL scheme.

@@ -45,6 +45,21 @@ pub enum StoreError {
         /// The lock file.
         path: PathBuf,
     },
+    /// Writing the asset would take free space below the reserve.
+    #[error(
+        "not enough disk space in {path}: {needed} bytes wanted, {available} available, \
+         {reserve} kept free"
+    )]
+    NoSpace {
+        /// The store's root.
+        path: PathBuf,
+        /// Bytes the asset still needs.
+        needed: u64,
+        /// Bytes available to assetd on the file system.
+        available: u64,
+        /// Bytes to keep free (`--reserve-free`).
+        reserve: u64,
+    },
     /// More bytes arrived than the ingest's limit allows.
     #[error("more than {limit} bytes received: over the size limit of {limit} bytes")]
     LimitExceeded {
@@ -75,10 +90,16 @@ impl StoreError {
         move |source| StoreError::Io { op, path, source }
     }
 
-    /// True when the disk (or quota) is full, as opposed to other I/O errors.
+    /// True when the disk (or quota) is full or would go below the reserve.
     pub fn is_no_space(&self) -> bool {
-        matches!(self, StoreError::Io { source, .. }
-            if matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded))
+        match self {
+            StoreError::NoSpace { .. } => true,
+            StoreError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -98,6 +119,7 @@ pub struct Blob {
 /// The store rooted at one folder. Holds the root's lock while it lives.
 #[derive(Debug)]
 pub struct Store {
+    root: PathBuf,
     blobs: PathBuf,
     ingest: PathBuf,
     _lock: Flock<fs::File>,
@@ -125,6 +147,7 @@ impl Store {
         let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
             .map_err(|_| StoreError::Locked { path: lock_path })?;
         let store = Store {
+            root: root.to_owned(),
             blobs,
             ingest,
             _lock: lock,
@@ -200,6 +223,25 @@ impl Store {
         }
         fsync_dir(&self.blobs)?;
         Ok(Some(blob.size))
+    }
+
+    /// Checks that `needed` more bytes fit while keeping `reserve` bytes
+    /// free on the store's file system ([`StoreError::NoSpace`] if not).
+    pub fn check_space(&self, needed: u64, reserve: u64) -> Result<(), StoreError> {
+        let stat = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| StoreError::io("statvfs", &self.root)(e.into()))?;
+        // f_bavail: what an unprivileged writer may use; the root-only
+        // blocks are not ours to fill.
+        let available = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+        if available < needed.saturating_add(reserve) {
+            return Err(StoreError::NoSpace {
+                path: self.root.clone(),
+                needed,
+                available,
+                reserve,
+            });
+        }
+        Ok(())
     }
 
     /// Starts ingesting the asset `expected`: a temp file in `ingest/` fed by

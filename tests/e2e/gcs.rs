@@ -1,7 +1,7 @@
 //! gs:// against fake-gcs-server, a real GCS emulator.
 
 use assetd::proto::FetchRequest;
-use assetd::source::GcsSource;
+use assetd::source::{GcsSource, Resume};
 use tokio_stream::StreamExt as _;
 use tonic::Code;
 
@@ -166,7 +166,15 @@ async fn gcs_reads_from_an_offset() {
     let gcs = FakeGcs::start(&[("bkt", "dir/obj", &body)]);
     let source = GcsSource::new(Some(&gcs.host()), false).unwrap();
     let url = url::Url::parse("gs://bkt/dir/obj").unwrap();
-    let opened = source.open_at(&url, 1_000_000).await.unwrap();
+    let first = source.read(&url, None).await.unwrap();
+    let validator = first.validator.clone().unwrap();
+    assert_eq!(validator, generation(&gcs, "bkt", "dir%2Fobj").await.to_string());
+    let resume = Resume {
+        offset: 1_000_000,
+        validator,
+    };
+    let opened = source.read(&url, Some(&resume)).await.unwrap();
+    assert_eq!(opened.offset, 1_000_000);
     assert_eq!(opened.size, Some(body.len() as u64));
     let mut read = Vec::new();
     let mut stream = opened.body;
