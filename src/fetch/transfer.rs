@@ -30,7 +30,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// enough that waking watchers costs nothing.
 const PROGRESS_EVERY: u64 = 1 << 20;
 /// Bytes between free-space checks while the size is unknown.
-const SPACE_CHECK_EVERY: u64 = 64 << 20;
+const SPACE_CHECK_EVERY: u64 = 4 << 20;
 
 /// Starts the transfer of `want` as its own task.
 pub(super) fn spawn(

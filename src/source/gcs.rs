@@ -189,7 +189,7 @@ impl GcsSource {
             }
             let stream = response
                 .bytes_stream()
-                .map(move |chunk| chunk.map_err(|e| SourceError::reqwest(&url, &e)));
+                .map(move |chunk| chunk.map_err(|e| SourceError::transport(&url, &e, true)));
             Ok(Box::pin(stream) as ByteStream)
         }
     }

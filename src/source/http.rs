@@ -52,7 +52,8 @@ impl HttpSource {
         let stream_url = url.clone();
         let body = response
             .bytes_stream()
-            .map(move |chunk| chunk.map_err(|e| SourceError::reqwest(&stream_url, &e)));
+            // A failure mid-body is a broken transfer: always worth resuming.
+            .map(move |chunk| chunk.map_err(|e| SourceError::transport(&stream_url, &e, true)));
         Ok(Opened {
             size,
             offset,

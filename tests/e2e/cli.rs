@@ -72,7 +72,7 @@ async fn assetctl_fetch_ls_stat_rm() {
 async fn assetctl_exit_codes_tell_failures_apart() {
     let http = HttpServer::start().await;
     let url = http.route("/a", Reply::Body(b"abc".to_vec()));
-    let missing = http.route("/missing", Reply::Status(404));
+    let missing = http.route("/missing", Reply::status(404));
     let daemon = TestDaemon::start();
     let cases: [(&[&str], i32, &str); 5] = [
         (

@@ -248,8 +248,8 @@ async fn fetch_refuses_malformed_digest_url_and_scheme() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_maps_upstream_404_and_500() {
     let http = HttpServer::start().await;
-    let missing = http.route("/missing", Reply::Status(404));
-    let broken = http.route("/broken", Reply::Status(500));
+    let missing = http.route("/missing", Reply::status(404));
+    let broken = http.route("/broken", Reply::status(500));
     let daemon = TestDaemon::start();
     let mut client = daemon.client().await;
     assert_status(

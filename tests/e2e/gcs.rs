@@ -168,7 +168,10 @@ async fn gcs_reads_from_an_offset() {
     let url = url::Url::parse("gs://bkt/dir/obj").unwrap();
     let first = source.read(&url, None).await.unwrap();
     let validator = first.validator.clone().unwrap();
-    assert_eq!(validator, generation(&gcs, "bkt", "dir%2Fobj").await.to_string());
+    assert_eq!(
+        validator,
+        generation(&gcs, "bkt", "dir%2Fobj").await.to_string()
+    );
     let resume = Resume {
         offset: 1_000_000,
         validator,

@@ -8,3 +8,4 @@ mod common;
 mod fetch;
 mod gcs;
 mod grpcurl;
+mod pipeline;

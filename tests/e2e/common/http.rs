@@ -1,6 +1,7 @@
 //! An HTTP/1.1 server on 127.0.0.1 for fault injection: each path has a
-//! scripted reply, and the server counts requests and records whether the
-//! client hung up before the body was sent.
+//! scripted sequence of replies (request N gets reply N, the last one
+//! repeats), and the server counts requests, body bytes and hang-ups, and
+//! records each request's `Range` header.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -10,17 +11,33 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// What the server answers on one path.
+/// The strong ETag the server gives ranged objects.
+pub const ETAG: &str = "\"v1\"";
+
+/// What the server answers to one request.
 #[derive(Clone)]
 pub enum Reply {
-    /// 200 with an honest `Content-Length`.
+    /// 200 with an honest `Content-Length`; `Range` is ignored.
     Body(Vec<u8>),
+    /// 200 with `ETag`, or 206 when asked for a `Range` whose `If-Range`
+    /// matches.
+    Ranged(Vec<u8>),
+    /// Like `Ranged` (or like `Body` when not `ranged`), but the connection
+    /// ends after `after` body bytes: closed, or reset when `reset`.
+    Cut {
+        body: Vec<u8>,
+        after: usize,
+        reset: bool,
+        ranged: bool,
+    },
+    /// Like `Ranged`, but after `after` body bytes it goes silent for a minute.
+    Stall { body: Vec<u8>, after: usize },
     /// 200 without `Content-Length`; the end of the body is the close.
     NoLength(Vec<u8>),
     /// 200 declaring `claimed` bytes in `Content-Length`, then `body`.
     Claims { claimed: u64, body: Vec<u8> },
-    /// A status with an empty body.
-    Status(u16),
+    /// A status with an empty body and extra headers.
+    Status(u16, Vec<(&'static str, String)>),
     /// 200 with `Content-Length`, `chunk` bytes every `every`.
     Slow {
         body: Vec<u8>,
@@ -29,6 +46,15 @@ pub enum Reply {
     },
     /// 200 without length, zeros forever (until the client leaves).
     Endless,
+    /// 302 to `location`.
+    Redirect(String),
+}
+
+impl Reply {
+    /// A status with no extra headers.
+    pub fn status(code: u16) -> Reply {
+        Reply::Status(code, Vec::new())
+    }
 }
 
 #[derive(Default)]
@@ -36,12 +62,15 @@ struct Stats {
     requests: AtomicUsize,
     body_bytes: AtomicU64,
     hangups: AtomicUsize,
+    ranges: Mutex<Vec<Option<String>>>,
 }
+
+type Routes = Arc<Mutex<HashMap<String, Vec<Reply>>>>;
 
 /// The running server; stops when dropped.
 pub struct HttpServer {
     pub port: u16,
-    routes: Arc<Mutex<HashMap<String, Reply>>>,
+    routes: Routes,
     stats: Arc<Stats>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -50,12 +79,13 @@ impl HttpServer {
     pub async fn start() -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let routes = Arc::new(Mutex::new(HashMap::new()));
+        let routes: Routes = Arc::default();
+        let served: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let stats = Arc::new(Stats::default());
-        let (r, s) = (routes.clone(), stats.clone());
+        let (r, n, s) = (routes.clone(), served.clone(), stats.clone());
         let task = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(serve(conn, r.clone(), s.clone()));
+                tokio::spawn(serve(conn, r.clone(), n.clone(), s.clone()));
             }
         });
         HttpServer {
@@ -66,12 +96,17 @@ impl HttpServer {
         }
     }
 
-    /// Scripts `path` and returns its URL.
+    /// Scripts `path` with one reply for every request; returns its URL.
     pub fn route(&self, path: &str, reply: Reply) -> String {
+        self.sequence(path, vec![reply])
+    }
+
+    /// Scripts `path` with a reply per request, the last one repeating.
+    pub fn sequence(&self, path: &str, replies: Vec<Reply>) -> String {
         self.routes
             .lock()
             .expect("routes")
-            .insert(path.to_owned(), reply);
+            .insert(path.to_owned(), replies);
         self.url(path)
     }
 
@@ -92,6 +127,11 @@ impl HttpServer {
     pub fn hangups(&self) -> usize {
         self.stats.hangups.load(Ordering::SeqCst)
     }
+
+    /// The `Range` header of every request so far, in order.
+    pub fn ranges(&self) -> Vec<Option<String>> {
+        self.stats.ranges.lock().expect("ranges").clone()
+    }
 }
 
 impl Drop for HttpServer {
@@ -100,19 +140,42 @@ impl Drop for HttpServer {
     }
 }
 
-async fn serve(mut conn: TcpStream, routes: Arc<Mutex<HashMap<String, Reply>>>, stats: Arc<Stats>) {
-    let Some(path) = read_request_path(&mut conn).await else {
+/// A parsed request: path, `Range` start, and whether `If-Range` matches.
+struct Request {
+    path: String,
+    range_start: Option<u64>,
+    if_range_ok: bool,
+}
+
+async fn serve(
+    mut conn: TcpStream,
+    routes: Routes,
+    served: Arc<Mutex<HashMap<String, usize>>>,
+    stats: Arc<Stats>,
+) {
+    let Some((request, range)) = read_request(&mut conn).await else {
         return;
     };
     stats.requests.fetch_add(1, Ordering::SeqCst);
-    let reply = routes.lock().expect("routes").get(&path).cloned();
-    let reply = reply.unwrap_or(Reply::Status(404));
-    if send(&mut conn, reply, &stats).await.is_err() {
+    stats.ranges.lock().expect("ranges").push(range);
+    let index = {
+        let mut served = served.lock().expect("served");
+        let n = served.entry(request.path.clone()).or_default();
+        *n += 1;
+        *n - 1
+    };
+    let reply = routes
+        .lock()
+        .expect("routes")
+        .get(&request.path)
+        .and_then(|replies| replies.get(index.min(replies.len() - 1)).cloned())
+        .unwrap_or(Reply::status(404));
+    if send(&mut conn, &request, reply, &stats).await.is_err() {
         stats.hangups.fetch_add(1, Ordering::SeqCst);
     }
 }
 
-async fn read_request_path(conn: &mut TcpStream) -> Option<String> {
+async fn read_request(conn: &mut TcpStream) -> Option<(Request, Option<String>)> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -122,36 +185,134 @@ async fn read_request_path(conn: &mut TcpStream) -> Option<String> {
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let line = String::from_utf8_lossy(&head).lines().next()?.to_owned();
-    line.split_whitespace().nth(1).map(str::to_owned)
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.lines();
+    let path = lines.next()?.split_whitespace().nth(1)?.to_owned();
+    let header = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            })
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let range = header("range");
+    let range_start = range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok());
+    let if_range_ok = header("if-range").is_none_or(|v| v == ETAG);
+    Some((
+        Request {
+            path,
+            range_start,
+            if_range_ok,
+        },
+        range,
+    ))
 }
 
-async fn send(conn: &mut TcpStream, reply: Reply, stats: &Stats) -> std::io::Result<()> {
-    let head = |status: u16, length: Option<u64>| {
-        let length = length
-            .map(|l| format!("Content-Length: {l}\r\n"))
-            .unwrap_or_default();
-        format!("HTTP/1.1 {status} X\r\n{length}Connection: close\r\n\r\n")
-    };
+fn head(status: u16, length: Option<u64>, extra: &[(&str, String)]) -> String {
+    let mut head = format!("HTTP/1.1 {status} X\r\nConnection: close\r\n");
+    if let Some(length) = length {
+        head.push_str(&format!("Content-Length: {length}\r\n"));
+    }
+    for (name, value) in extra {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head + "\r\n"
+}
+
+/// Writes the head of a ranged reply and returns the part of `body` to send.
+async fn ranged_head<'a>(
+    conn: &mut TcpStream,
+    request: &Request,
+    body: &'a [u8],
+) -> std::io::Result<&'a [u8]> {
+    let etag = ("ETag", ETAG.to_owned());
+    match request.range_start {
+        Some(start) if request.if_range_ok && (start as usize) < body.len() => {
+            let start = start as usize;
+            let range = format!("bytes {start}-{}/{}", body.len() - 1, body.len());
+            let h = head(
+                206,
+                Some((body.len() - start) as u64),
+                &[etag, ("Content-Range", range)],
+            );
+            conn.write_all(h.as_bytes()).await?;
+            Ok(&body[start..])
+        }
+        _ => {
+            conn.write_all(head(200, Some(body.len() as u64), &[etag]).as_bytes())
+                .await?;
+            Ok(body)
+        }
+    }
+}
+
+async fn send(
+    conn: &mut TcpStream,
+    request: &Request,
+    reply: Reply,
+    stats: &Stats,
+) -> std::io::Result<()> {
     match reply {
         Reply::Body(body) => {
-            conn.write_all(head(200, Some(body.len() as u64)).as_bytes())
+            conn.write_all(head(200, Some(body.len() as u64), &[]).as_bytes())
                 .await?;
             write_body(conn, &body, stats).await?;
         }
+        Reply::Ranged(body) => {
+            let part = ranged_head(conn, request, &body).await?;
+            write_body(conn, part, stats).await?;
+        }
+        Reply::Cut {
+            body,
+            after,
+            reset,
+            ranged,
+        } => {
+            let part = if ranged {
+                ranged_head(conn, request, &body).await?
+            } else {
+                conn.write_all(head(200, Some(body.len() as u64), &[]).as_bytes())
+                    .await?;
+                &body[..]
+            };
+            write_body(conn, &part[..after.min(part.len())], stats).await?;
+            conn.flush().await?;
+            if reset {
+                // Let the client read what was sent, so the point it resumes
+                // from does not depend on timing; then reset.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                // SO_LINGER 0: the close sends RST instead of FIN (and
+                // does not block, which is what the deprecation is about).
+                #[allow(deprecated)]
+                conn.set_linger(Some(Duration::ZERO))?;
+            }
+            return Ok(());
+        }
+        Reply::Stall { body, after } => {
+            let part = ranged_head(conn, request, &body).await?;
+            write_body(conn, &part[..after.min(part.len())], stats).await?;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
         Reply::NoLength(body) => {
-            conn.write_all(head(200, None).as_bytes()).await?;
+            conn.write_all(head(200, None, &[]).as_bytes()).await?;
             write_body(conn, &body, stats).await?;
         }
         Reply::Claims { claimed, body } => {
-            conn.write_all(head(200, Some(claimed)).as_bytes()).await?;
+            conn.write_all(head(200, Some(claimed), &[]).as_bytes())
+                .await?;
             write_body(conn, &body, stats).await?;
         }
-        Reply::Status(status) => {
-            conn.write_all(head(status, Some(0)).as_bytes()).await?;
+        Reply::Status(status, extra) => {
+            conn.write_all(head(status, Some(0), &extra).as_bytes())
+                .await?;
         }
         Reply::Slow { body, chunk, every } => {
-            conn.write_all(head(200, Some(body.len() as u64)).as_bytes())
+            conn.write_all(head(200, Some(body.len() as u64), &[]).as_bytes())
                 .await?;
             for piece in body.chunks(chunk) {
                 write_body(conn, piece, stats).await?;
@@ -159,11 +320,15 @@ async fn send(conn: &mut TcpStream, reply: Reply, stats: &Stats) -> std::io::Res
             }
         }
         Reply::Endless => {
-            conn.write_all(head(200, None).as_bytes()).await?;
+            conn.write_all(head(200, None, &[]).as_bytes()).await?;
             let zeros = vec![0u8; 64 * 1024];
             loop {
                 write_body(conn, &zeros, stats).await?;
             }
+        }
+        Reply::Redirect(location) => {
+            conn.write_all(head(302, Some(0), &[("Location", location)]).as_bytes())
+                .await?;
         }
     }
     conn.shutdown().await
