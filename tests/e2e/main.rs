@@ -5,6 +5,7 @@
 mod admin;
 mod cli;
 mod common;
+mod disk;
 mod fetch;
 mod gcs;
 mod grpcurl;

@@ -38,8 +38,17 @@ impl TestDaemon {
 
     /// Starts with extra flags and environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> TestDaemon {
+        TestDaemon::start_full(None, args, env)
+    }
+
+    /// Starts with its store at `root` (say, a small file system).
+    pub fn start_at(root: &Path, args: &[&str]) -> TestDaemon {
+        TestDaemon::start_full(Some(root), args, &[])
+    }
+
+    fn start_full(root: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> TestDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
-        let root = dir.path().join("root");
+        let root = root.map_or_else(|| dir.path().join("root"), Path::to_owned);
         let socket = dir.path().join("run").join("assetd.sock");
         let mut daemon = TestDaemon {
             root,
