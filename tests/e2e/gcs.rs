@@ -6,6 +6,7 @@ use tokio_stream::StreamExt as _;
 use tonic::Code;
 
 use crate::common::gcs::FakeGcs;
+use crate::common::proxy::CutProxy;
 use crate::common::{TestDaemon, WRONG_DIGEST, assert_status, digest_of, random_bytes};
 
 fn request(url: &str, digest: &str) -> FetchRequest {
@@ -211,4 +212,32 @@ async fn gcs_without_credentials_is_denied_with_advice() {
         ],
     );
     daemon.assert_empty();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_transfer_cut_midway_resumes_on_the_same_generation() {
+    let body = random_bytes(8 << 20, 35);
+    let digest = digest_of(&body);
+    let gcs = FakeGcs::start(&[("bkt", "rootfs.img", &body)]);
+    let proxy = CutProxy::start(gcs.port, 4 << 20).await;
+    let host = format!("127.0.0.1:{}", proxy.port);
+    let daemon = TestDaemon::start_with_env(&[], &[("STORAGE_EMULATOR_HOST", &host)]);
+    let reply = daemon
+        .client()
+        .await
+        .fetch(request("gs://bkt/rootfs.img", &digest))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(proxy.did_cut(), "the transfer was cut");
+    assert_eq!(digest_of(&std::fs::read(&reply.path).unwrap()), digest);
+    assert!(daemon.log().contains("retrying"), "{}", daemon.log());
+    // Resumed, not started over: about the object once, plus metadata.
+    let forwarded = proxy.forwarded();
+    assert!(
+        forwarded < body.len() as u64 + (256 << 10),
+        "{forwarded} bytes for {}",
+        body.len()
+    );
+    assert_eq!(gcs.media_requests(), 2);
 }

@@ -3,6 +3,7 @@
 
 pub mod gcs;
 pub mod http;
+pub mod proxy;
 
 use std::fs;
 use std::path::{Path, PathBuf};
