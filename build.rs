@@ -8,7 +8,7 @@ use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/assetd/v1/assets.proto";
-    println!("cargo:rerun-if-changed={proto}");
+    println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile([proto], ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("assetd_descriptor.bin"), fds.encode_to_vec())?;

@@ -58,6 +58,14 @@ pub enum ConfigError {
         /// Why it cannot be used.
         source: std::io::Error,
     },
+    /// A path that cannot be made absolute.
+    #[error("{path}: {source}")]
+    Path {
+        /// The path as given.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The socket path is longer than a unix socket address allows.
     #[error("socket path {path} is {len} bytes long; unix sockets allow at most {MAX_SOCKET_PATH}")]
     SocketPathTooLong {
@@ -105,7 +113,10 @@ pub fn default_paths() -> (PathBuf, PathBuf) {
             PathBuf::from("/run/assetd/assetd.sock"),
         );
     }
-    let home = env("HOME").unwrap_or_else(|| PathBuf::from("/tmp"));
+    // Without a home, a folder of this user's own: never one another user
+    // could have made first (the store refuses a root it does not own).
+    let uid = nix::unistd::geteuid();
+    let home = env("HOME").unwrap_or_else(|| PathBuf::from(format!("/tmp/assetd-{uid}")));
     let root = env("XDG_CACHE_HOME")
         .unwrap_or_else(|| home.join(".cache"))
         .join("assetd");
@@ -120,6 +131,9 @@ impl Config {
     /// Checks the values and resolves the file roots to canonical paths, so
     /// later containment checks compare like with like.
     pub fn validate(mut self) -> Result<Config, ConfigError> {
+        // Paths handed to clients must be absolute, whatever the working folder.
+        self.root = absolute(&self.root)?;
+        self.socket = absolute(&self.socket)?;
         if self.max_size == 0 {
             return Err(ConfigError::ZeroMaxSize);
         }
@@ -146,6 +160,13 @@ impl Config {
             .collect::<Result<_, _>>()?;
         Ok(self)
     }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, ConfigError> {
+    std::path::absolute(path).map_err(|source| ConfigError::Path {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn canonical_dir(path: &Path) -> Result<PathBuf, ConfigError> {

@@ -112,6 +112,7 @@ impl proto::assets_server::Assets for AssetsService {
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
         let span = peer_span("Delete", &request);
+        require_admin(&request)?;
         let digest = parse_digest(&request.get_ref().digest)?;
         let size = self.fetcher.delete(&digest).map_err(|e| status(&e))?;
         span.in_scope(|| tracing::info!(%digest, bytes = size, "deleted"));
@@ -129,6 +130,25 @@ fn peer_span<T>(call: &'static str, request: &Request<T>) -> tracing::Span {
     match cred {
         Some(c) => tracing::info_span!("rpc", call, uid = c.uid(), pid = c.pid()),
         None => tracing::info_span!("rpc", call),
+    }
+}
+
+/// Changing the cache is for admins: root, or the daemon's own user. Every
+/// user with access to the socket may fetch and look.
+fn require_admin<T>(request: &Request<T>) -> Result<(), Status> {
+    let me = nix::unistd::geteuid().as_raw();
+    let cred = request
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred);
+    match cred.map(|c| c.uid()) {
+        Some(uid) if uid == 0 || uid == me => Ok(()),
+        Some(uid) => Err(Status::permission_denied(format!(
+            "only uid 0 or the daemon's uid {me} may delete; the caller is uid {uid}"
+        ))),
+        None => Err(Status::permission_denied(
+            "the caller's credentials are unknown; only uid 0 or the daemon's uid may delete",
+        )),
     }
 }
 
@@ -199,7 +219,9 @@ fn code(err: &FetchError) -> Code {
             StoreError::SizeMismatch { .. } | StoreError::DigestMismatch { .. } => Code::DataLoss,
             StoreError::NoSpace { .. } => Code::ResourceExhausted,
             StoreError::Io { .. } if e.is_no_space() => Code::ResourceExhausted,
-            StoreError::Io { .. } | StoreError::Locked { .. } => Code::Internal,
+            StoreError::Io { .. } | StoreError::Locked { .. } | StoreError::NotOwned { .. } => {
+                Code::Internal
+            }
         },
         FetchError::RequestTooLarge { .. } | FetchError::DeclaredTooLarge { .. } => {
             Code::ResourceExhausted

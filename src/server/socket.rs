@@ -48,7 +48,12 @@ pub(super) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("stat", e)),
     }
-    let listener = UnixListener::bind(path).map_err(|e| io("bind", e))?;
+    // The umask keeps the socket closed to others from the moment it exists;
+    // a chmod after bind would leave a window where anyone could connect.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o117));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(umask);
+    let listener = bound.map_err(|e| io("bind", e))?;
     fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE))
         .map_err(|e| io("chmod", e))?;
     Ok(listener)

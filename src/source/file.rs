@@ -99,9 +99,17 @@ impl Source for FileSource {
 /// with its real path.
 fn open_inside(url: &str, path: &Path, roots: &[PathBuf]) -> Result<(File, PathBuf), SourceError> {
     let io_error = |op, source: io::Error| match source.kind() {
-        io::ErrorKind::NotFound => SourceError::NotFound {
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => SourceError::NotFound {
             url: url.to_owned(),
             detail: format!("{}: no such file", path.display()),
+        },
+        io::ErrorKind::PermissionDenied => SourceError::Denied {
+            url: url.to_owned(),
+            reason: format!("{}: {source}", path.display()),
+        },
+        io::ErrorKind::InvalidInput | io::ErrorKind::InvalidFilename => SourceError::InvalidUrl {
+            url: url.to_owned(),
+            reason: source.to_string(),
         },
         _ => SourceError::Io {
             op,
@@ -121,8 +129,14 @@ fn open_inside(url: &str, path: &Path, roots: &[PathBuf]) -> Result<(File, PathB
                 .join(", ")
         ),
     };
-    let real = fs::canonicalize(path).map_err(|e| io_error("resolve", e))?;
-    if !roots.iter().any(|root| real.starts_with(root)) {
+    let inside = |p: &Path| roots.iter().any(|root| p.starts_with(root));
+    let real = match fs::canonicalize(path) {
+        Ok(real) => real,
+        // Outside the roots, "no such file" would tell what exists there.
+        Err(_) if !inside(path) => return Err(denied(path)),
+        Err(e) => return Err(io_error("resolve", e)),
+    };
+    if !inside(&real) {
         return Err(denied(&real));
     }
     // O_NONBLOCK: opening a FIFO must not hang the daemon; no effect on files.
@@ -133,7 +147,7 @@ fn open_inside(url: &str, path: &Path, roots: &[PathBuf]) -> Result<(File, PathB
         .map_err(|e| io_error("open", e))?;
     let opened = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .map_err(|e| io_error("resolve", e))?;
-    if !roots.iter().any(|root| opened.starts_with(root)) {
+    if !inside(&opened) {
         return Err(denied(&opened));
     }
     let meta = file.metadata().map_err(|e| io_error("stat", e))?;

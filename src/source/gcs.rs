@@ -225,6 +225,8 @@ impl GcsSource {
             match credentials.headers(http::Extensions::new()).await {
                 Ok(CacheableResource::New { data, .. }) => Ok(request.headers(data)),
                 Ok(CacheableResource::NotModified) => Ok(request),
+                // A metadata-server hiccup is not a denial: let it be retried.
+                Err(e) if e.is_transient() => Err(SourceError::transport(&url, &e, true)),
                 Err(e) => Err(no_credentials(&url, &e.to_string())),
             }
         }
@@ -301,6 +303,11 @@ impl ObjectRef {
             url: url.to_string(),
             reason,
         };
+        if url.port().is_some() || !url.username().is_empty() || url.password().is_some() {
+            return Err(invalid(
+                "a gs:// URL has no port or user (gs://BUCKET/OBJECT)".into(),
+            ));
+        }
         let bucket = url.host_str().unwrap_or_default().to_owned();
         let valid_bucket = (3..=222).contains(&bucket.len())
             && bucket
@@ -327,6 +334,12 @@ impl ObjectRef {
             }
         }
         if let Some(fragment) = url.fragment() {
+            if generation.as_deref().is_some_and(|g| g != fragment) {
+                return Err(invalid(format!(
+                    "two generations: #{fragment} and ?generation={}",
+                    generation.unwrap_or_default()
+                )));
+            }
             generation = Some(fragment.to_owned());
         }
         let generation = generation
@@ -487,6 +500,9 @@ mod tests {
             ("gs://bkt/a#-1", "\"-1\""),
             ("gs://bkt/a?generation=x", "\"x\""),
             ("gs://bkt/a?alt=media", "\"alt\""),
+            ("gs://bkt:99/a", "no port"),
+            ("gs://me@bkt/a", "no port or user"),
+            ("gs://bkt/a?generation=1#2", "two generations"),
         ] {
             let err = parse(url).unwrap_err().to_string();
             assert!(err.contains(part), "{url}: {err}");

@@ -250,11 +250,11 @@ fn publish(
     blobs_dir: &std::path::Path,
 ) -> Result<(PathBuf, fs::Metadata), StoreError> {
     let wrap = |op| StoreError::io(op, temp.path());
-    // INVARIANT: data is durable and read-only before the name appears.
-    temp.as_file().sync_all().map_err(wrap("fsync"))?;
+    // INVARIANT: data and mode are durable before the name appears.
     temp.as_file()
         .set_permissions(Permissions::from_mode(0o444))
         .map_err(wrap("chmod"))?;
+    temp.as_file().sync_all().map_err(wrap("fsync"))?;
     let file: File = temp
         .persist(&blob_path)
         .map_err(|e| StoreError::io("rename", &blob_path)(e.error))?;
@@ -263,4 +263,105 @@ fn publish(
         .metadata()
         .map_err(StoreError::io("stat", &blob_path))?;
     Ok((blob_path, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(bytes: &[u8]) -> Digest {
+        Digest::from_bytes(Sha256::digest(bytes).into())
+    }
+
+    fn files(dir: &std::path::Path) -> usize {
+        fs::read_dir(dir).unwrap().count()
+    }
+
+    async fn ingest(
+        store: &Store,
+        bytes: &[u8],
+        expected: Digest,
+        size: Option<u64>,
+        limit: u64,
+    ) -> Result<Blob, StoreError> {
+        let mut ingest = store.ingest(expected, size, limit)?;
+        for chunk in bytes.chunks(300_000) {
+            if let Err(e) = ingest.write(Bytes::copy_from_slice(chunk)).await {
+                ingest.abort().await;
+                return Err(e);
+            }
+        }
+        ingest.commit().await
+    }
+
+    #[tokio::test]
+    async fn commit_publishes_verified_read_only_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bytes = vec![3u8; 3 << 20];
+        let blob = ingest(
+            &store,
+            &bytes,
+            digest(&bytes),
+            Some(bytes.len() as u64),
+            u64::MAX,
+        )
+        .await
+        .unwrap();
+        assert_eq!(fs::read(&blob.path).unwrap(), bytes);
+        assert_eq!(
+            fs::metadata(&blob.path).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
+        assert_eq!(files(store.ingest_dir()), 0);
+    }
+
+    #[tokio::test]
+    async fn commit_rejects_digest_mismatch_and_removes_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let wrong = digest(b"something else");
+        let err = ingest(&store, &[1u8; 5000], wrong, None, u64::MAX)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::DigestMismatch { expected, .. } if expected == wrong),
+            "{err}"
+        );
+        assert_eq!(files(store.ingest_dir()), 0);
+        assert!(store.stat(&wrong).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn write_refuses_chunk_past_limit_without_writing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bytes = vec![5u8; 1000];
+        let mut ingest = store.ingest(digest(&bytes), None, 999).unwrap();
+        let err = ingest.write(Bytes::from(bytes)).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::LimitExceeded { limit: 999 }),
+            "{err}"
+        );
+        assert_eq!(ingest.received(), 0);
+        ingest.abort().await;
+        assert_eq!(files(store.ingest_dir()), 0);
+    }
+
+    #[tokio::test]
+    async fn dropping_an_ingest_removes_its_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut ingest = store.ingest(digest(b"x"), None, u64::MAX).unwrap();
+        ingest.write(Bytes::from(vec![0u8; 2 << 20])).await.unwrap();
+        assert_eq!(files(store.ingest_dir()), 1);
+        drop(ingest);
+        for _ in 0..200 {
+            if files(store.ingest_dir()) == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("temp file still there 2 s after the drop");
+    }
 }

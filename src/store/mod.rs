@@ -39,6 +39,16 @@ pub enum StoreError {
         /// The OS error.
         source: io::Error,
     },
+    /// The root belongs to another user.
+    #[error("{path} is owned by uid {owner}, not by this daemon's uid {me}")]
+    NotOwned {
+        /// The root.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The daemon's effective uid.
+        me: u32,
+    },
     /// Another process holds the root's lock.
     #[error("{path} is in use by another assetd (its lock is held)")]
     Locked {
@@ -136,6 +146,7 @@ impl Store {
         let ingest = root.join("ingest");
         // Blobs are shared read-only with every sandbox; temp files are not.
         mkdir(&blobs, 0o755)?;
+        check_owner(root)?;
         mkdir(&ingest, 0o700)?;
         let lock_path = root.join("lock");
         let file = fs::OpenOptions::new()
@@ -274,6 +285,21 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Refuses a root another user owns: they could have planted files in
+/// `blobs/` that do not hold what their names say.
+fn check_owner(root: &Path) -> Result<(), StoreError> {
+    let meta = fs::metadata(root).map_err(StoreError::io("stat", root))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(StoreError::NotOwned {
+            path: root.to_owned(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    Ok(())
 }
 
 fn mkdir(path: &Path, mode: u32) -> Result<(), StoreError> {

@@ -228,3 +228,94 @@ fn bad_flags_are_refused_with_the_value_named() {
     assert!(err.contains("/nonexistent/files"), "{err}");
     assert!(!root.exists(), "a refused start must not create the root");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_is_refused_to_other_users() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: running a client as another user needs root");
+        return;
+    }
+    let http = HttpServer::start().await;
+    let body = vec![7u8; 4096];
+    let url = http.route("/x", Reply::Body(body.clone()));
+    let digest = digest_of(&body);
+    let daemon = TestDaemon::start();
+    let req = FetchRequest {
+        url,
+        digest: digest.clone(),
+        ..Default::default()
+    };
+    daemon.client().await.fetch(req).await.unwrap();
+    // Let user nobody reach the socket.
+    let run_dir = daemon.socket.parent().unwrap();
+    std::fs::set_permissions(
+        run_dir.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                env!("CARGO_BIN_EXE_assetctl"),
+            ])
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let listed = as_nobody(&["ls"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let removed = as_nobody(&["rm", &digest]);
+    let stderr = String::from_utf8_lossy(&removed.stderr);
+    assert_eq!(removed.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("the caller is uid 65534"), "{stderr}");
+    assert_eq!(daemon.blobs().len(), 1, "the asset is still there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_root_still_gives_absolute_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = HttpServer::start().await;
+    let body = vec![9u8; 1000];
+    let url = http.route("/y", Reply::Body(body.clone()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_assetd"))
+        .current_dir(dir.path())
+        .args(["--root", "relroot", "--socket", "rel.sock"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = dir.path().join("rel.sock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(std::time::Instant::now() < deadline, "assetd did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let req = FetchRequest {
+        url,
+        digest: digest_of(&body),
+        ..Default::default()
+    };
+    let path = crate::common::connect(&socket)
+        .await
+        .fetch(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .path;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        path.starts_with(dir.path().join("relroot").to_str().unwrap()),
+        "{path}"
+    );
+}

@@ -120,21 +120,21 @@ async fn fetch_rejects_size_mismatch_declared_or_counted() {
         &["expected 1000 bytes", "1048576"],
     );
     // Without Content-Length the count decides: too many and too few.
-    let too_small = FetchRequest {
+    let expects_less = FetchRequest {
         size: 1000,
         ..request(&counted, &digest)
     };
     assert_status(
-        client.fetch(too_small).await,
+        client.fetch(expects_less).await,
         Code::DataLoss,
         &["expected 1000 bytes", "more than 1000"],
     );
-    let too_large = FetchRequest {
+    let expects_more = FetchRequest {
         size: 2 << 20,
         ..request(&counted, &digest)
     };
     assert_status(
-        client.fetch(too_large).await,
+        client.fetch(expects_more).await,
         Code::DataLoss,
         &["expected 2097152 bytes", "got 1048576"],
     );
@@ -145,7 +145,13 @@ async fn fetch_rejects_size_mismatch_declared_or_counted() {
 async fn fetch_refuses_declared_size_over_limit_before_reading() {
     let http = HttpServer::start().await;
     let body = random_bytes(2 << 20, 5);
-    let url = http.route("/big", Reply::Body(body.clone()));
+    // Slow, so the server would still be sending if the body were read.
+    let slow = Reply::Slow {
+        body: body.clone(),
+        chunk: 64 << 10,
+        every: Duration::from_millis(20),
+    };
+    let url = http.route("/big", slow);
     let daemon = TestDaemon::start_with(&["--max-size", "1MiB"]);
     let mut client = daemon.client().await;
     let result = client.fetch(request(&url, &digest_of(&body))).await;
@@ -153,6 +159,19 @@ async fn fetch_refuses_declared_size_over_limit_before_reading() {
         result,
         Code::ResourceExhausted,
         &["declares 2097152 bytes", "limit of 1048576 bytes"],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while http.hangups() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection was not dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        http.body_bytes() < 256 << 10,
+        "{} body bytes sent",
+        http.body_bytes()
     );
     // A caller's own max_size lowers the limit further.
     let capped = FetchRequest {
@@ -295,11 +314,16 @@ async fn fetch_file_only_inside_roots() {
         Code::PermissionDenied,
         &["outside the file roots", secret.to_str().unwrap()],
     );
+    // Outside the roots, a missing file is denied too: no existence oracle.
+    let nowhere = client
+        .fetch(request("file:///nonexistent/assetd/x", &secret_digest))
+        .await;
+    assert_status(nowhere, Code::PermissionDenied, &["outside the file roots"]);
     let dotdot = format!("file://{}/../secret", inside.display());
     assert_status(
         client.fetch(request(&dotdot, &secret_digest)).await,
         Code::PermissionDenied,
-        &[],
+        &["outside the file roots", secret.to_str().unwrap()],
     );
     let missing = client
         .fetch(request(&url(&inside.join("nope")), WRONG_DIGEST))
