@@ -429,3 +429,30 @@ async fn transfers_wait_for_a_slot_in_order() {
     while waiting.message().await.unwrap().is_some() {}
     assert_eq!(http.requests(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_deadline_bounds_the_transfer() {
+    let http = HttpServer::start().await;
+    let body = random_bytes(4 << 20, 55);
+    let slow = Reply::Slow {
+        body: body.clone(),
+        chunk: 64 << 10,
+        every: Duration::from_millis(20),
+    };
+    let url = http.route("/slow", slow);
+    let daemon = TestDaemon::start();
+    let mut req = tonic::Request::new(request(&url, &digest_of(&body)));
+    req.set_timeout(Duration::from_millis(300));
+    let status = daemon.client().await.fetch(req).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    daemon.wait_ingest_empty(Duration::from_secs(2)).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while http.hangups() == 0 {
+        assert!(Instant::now() < deadline, "the upstream transfer goes on");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    daemon.assert_empty();
+}
