@@ -45,6 +45,40 @@ pub struct Config {
     pub stall_timeout: Duration,
     /// Free space to keep on the store's file system, in bytes.
     pub reserve_free: u64,
+    /// Most bytes of cached assets; `None` for no cap.
+    pub max_cache_bytes: Option<u64>,
+    /// Free space eviction keeps on the file system.
+    pub min_free: MinFree,
+    /// Time between the daemon's own garbage collections.
+    pub gc_interval: Duration,
+}
+
+/// Free space to keep: bytes, or a share of the file system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MinFree {
+    /// No floor.
+    #[default]
+    None,
+    /// This many bytes.
+    Bytes(u64),
+    /// This percentage of the file system.
+    Percent(u8),
+}
+
+/// Parses `--min-free`: bytes as for [`parse_size`], or a percentage (`10%`).
+pub fn parse_min_free(value: &str) -> Result<MinFree, ConfigError> {
+    match value.trim().strip_suffix('%') {
+        Some(pct) => match pct.trim().parse::<u8>() {
+            Ok(p) if p <= 100 => Ok(MinFree::Percent(p)),
+            _ => Err(ConfigError::BadSize {
+                value: value.to_owned(),
+            }),
+        },
+        None => Ok(match parse_size(value)? {
+            0 => MinFree::None,
+            n => MinFree::Bytes(n),
+        }),
+    }
 }
 
 /// A configuration value that cannot work.
@@ -236,6 +270,17 @@ mod tests {
     }
 
     #[test]
+    fn parse_min_free_takes_bytes_or_percent() {
+        assert_eq!(parse_min_free("10%").unwrap(), MinFree::Percent(10));
+        assert_eq!(parse_min_free("2GiB").unwrap(), MinFree::Bytes(2 << 30));
+        assert_eq!(parse_min_free("0").unwrap(), MinFree::None);
+        for bad in ["101%", "x%", "-1%", "lots"] {
+            let err = parse_min_free(bad).unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
     fn parse_size_refuses_garbage_naming_it() {
         for bad in [
             "",
@@ -277,6 +322,9 @@ mod tests {
             attempts: 1,
             stall_timeout: Duration::from_secs(30),
             reserve_free: 0,
+            max_cache_bytes: None,
+            min_free: MinFree::None,
+            gc_interval: Duration::from_secs(60),
         };
         let err = config.clone().validate().unwrap_err();
         assert!(

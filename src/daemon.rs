@@ -3,10 +3,11 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, MinFree};
 use crate::fetch::{FetchOptions, Fetcher};
 use crate::server::{self, ServerError};
 use crate::source::{SourceError, Sources};
+use crate::store::EvictPolicy;
 use crate::store::{Store, StoreError};
 
 /// Why the daemon could not start or stopped with an error.
@@ -35,9 +36,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             return Err(e);
         }
     };
-    server::serve(fetcher, listener, &config.socket, shutdown)
-        .await
-        .map_err(DaemonError::Server)
+    let gc = tokio::spawn(collect_garbage(fetcher.clone(), config.gc_interval));
+    let served = server::serve(fetcher, listener, &config.socket, shutdown).await;
+    gc.abort();
+    served.map_err(DaemonError::Server)
+}
+
+/// Every `interval`: drops lapsed leases and evicts what no longer fits.
+async fn collect_garbage(fetcher: Arc<Fetcher>, interval: std::time::Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match fetcher.gc(false).await {
+            Ok(report) if !report.evicted.is_empty() || report.lapsed_pins > 0 => {
+                let bytes: u64 = report.evicted.iter().map(|b| b.size).sum();
+                tracing::info!(
+                    evicted = report.evicted.len(),
+                    bytes,
+                    lapsed_pins = report.lapsed_pins,
+                    "gc"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "gc failed"),
+        }
+    }
 }
 
 fn fetcher(config: &Config) -> Result<Arc<Fetcher>, DaemonError> {
@@ -62,6 +86,17 @@ fn fetcher(config: &Config) -> Result<Arc<Fetcher>, DaemonError> {
         attempts: config.attempts,
         stall_timeout: config.stall_timeout,
         reserve_free: config.reserve_free,
+        evict: EvictPolicy {
+            max_bytes: config.max_cache_bytes,
+            min_free_bytes: match config.min_free {
+                MinFree::Bytes(n) => n,
+                _ => 0,
+            },
+            min_free_percent: match config.min_free {
+                MinFree::Percent(p) => p,
+                _ => 0,
+            },
+        },
     };
     Ok(Arc::new(Fetcher::new(Arc::new(store), sources, options)))
 }

@@ -31,6 +31,11 @@ impl Digest {
         Digest(bytes)
     }
 
+    /// The raw digest bytes.
+    pub fn bytes(&self) -> [u8; LEN] {
+        self.0
+    }
+
     /// The 64 lowercase hex digits, without the algorithm prefix.
     pub fn hex(&self) -> String {
         hex::encode(self.0)

@@ -46,6 +46,17 @@ struct Args {
     /// enough for a slow CDN's first byte, short enough to notice a dead link
     #[arg(long, default_value = "30s", value_parser = config::parse_duration)]
     stall_timeout: std::time::Duration,
+    /// Most bytes of cached assets; least recently used unleased ones are
+    /// evicted past it (0: no cap)
+    #[arg(long, default_value = "0", value_parser = config::parse_size)]
+    max_cache_bytes: u64,
+    /// Free space eviction keeps on the file system: bytes or a percentage
+    /// (10%); 0 for none
+    #[arg(long, default_value = "0", value_parser = config::parse_min_free)]
+    min_free: config::MinFree,
+    /// Time between garbage collections (lapsed leases, eviction)
+    #[arg(long, default_value = "60s", value_parser = config::parse_duration)]
+    gc_interval: std::time::Duration,
     /// Free space to keep on the store's file system, for logs and the node's
     /// other work
     #[arg(long, default_value = "512MiB", value_parser = config::parse_size)]
@@ -75,6 +86,9 @@ fn main() -> ExitCode {
         attempts: args.attempts,
         stall_timeout: args.stall_timeout,
         reserve_free: args.reserve_free,
+        max_cache_bytes: (args.max_cache_bytes > 0).then_some(args.max_cache_bytes),
+        min_free: args.min_free,
+        gc_interval: args.gc_interval,
     };
     let config = match config.validate() {
         Ok(c) => c,

@@ -113,6 +113,15 @@ impl Flights {
         f()
     }
 
+    /// The digests with a transfer running.
+    pub(super) fn running(&self) -> std::collections::HashSet<Digest> {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.iter()
+            .filter(|(_, weak)| weak.strong_count() > 0)
+            .map(|(digest, _)| *digest)
+            .collect()
+    }
+
     /// Forgets the finished flight `id`, so later fetches look at the cache.
     pub(super) fn finish(&self, digest: Digest, id: u64) {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);

@@ -12,8 +12,10 @@
 //! Deletes are refused while a transfer of the digest runs, under the same
 //! lock that starts transfers, so a delete cannot race a fetch.
 
+mod admin;
 mod flight;
 mod limits;
+mod prewarm;
 mod transfer;
 
 use std::sync::Arc;
@@ -23,9 +25,11 @@ use tokio::sync::watch;
 
 use crate::digest::Digest;
 use crate::source::{SourceError, Sources};
-use crate::store::{Blob, Store, StoreError};
+use crate::store::{Blob, EvictPolicy, Store, StoreError};
+pub use admin::{GcReport, VerifyReport};
 use flight::{Flights, State};
 use limits::Limits;
+pub use prewarm::{DEFAULT_CONCURRENCY as DEFAULT_PREWARM_CONCURRENCY, PrewarmEvent, PrewarmKind};
 
 /// A fetch failure.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +92,14 @@ pub enum FetchError {
         /// The digest.
         digest: Digest,
     },
+    /// The asset is larger than the whole cache may be.
+    #[error("{size} bytes can never fit in the cache (--max-cache-bytes {max})")]
+    NeverFits {
+        /// The asset's size.
+        size: u64,
+        /// The cache's cap.
+        max: u64,
+    },
     /// A transfer of this digest is running, so it cannot be deleted now.
     #[error("{digest} is being fetched; delete it after the fetch ends")]
     InProgress {
@@ -97,6 +109,12 @@ pub enum FetchError {
     /// The shared transfer this caller waited on failed.
     #[error(transparent)]
     Transfer(Arc<FetchError>),
+    /// A task of the daemon panicked.
+    #[error("the {what} task panicked")]
+    Panicked {
+        /// What the task was doing.
+        what: &'static str,
+    },
     /// The transfer task ended without a result (it panicked).
     #[error("the transfer of {digest} ended without a result")]
     Lost {
@@ -128,6 +146,17 @@ pub struct Want {
     pub size: Option<u64>,
     /// The caller's own size limit, when lower than the daemon's.
     pub max_size: Option<u64>,
+    /// The lease to pin the asset for, once it is cached.
+    pub lease: Option<Lease>,
+}
+
+/// A caller's pin on what it fetched.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// The caller-chosen name (a sandbox id, say).
+    pub name: String,
+    /// How long the pin holds by itself; `None` until released.
+    pub ttl: Option<Duration>,
 }
 
 impl Want {
@@ -185,6 +214,8 @@ pub struct FetchOptions {
     pub stall_timeout: Duration,
     /// Free space to keep on the store's file system, in bytes.
     pub reserve_free: u64,
+    /// When to evict.
+    pub evict: EvictPolicy,
 }
 
 /// What every transfer shares.
@@ -208,6 +239,7 @@ pub struct Waiting {
     limit: u64,
     started: Instant,
     state: watch::Receiver<State>,
+    shared: Arc<Shared>,
     /// Keeps the transfer alive while this caller waits.
     _flight: Arc<flight::Flight>,
 }
@@ -277,7 +309,8 @@ impl Fetcher {
         })?;
         match joined {
             Err(blob) => {
-                let fetched = check_blob(&want, blob, limit, true);
+                let fetched = check_blob(&want, blob, limit, true)
+                    .and_then(|f| self.shared.record_use(&want, f));
                 log_outcome(&want, &fetched, started);
                 fetched.map(Started::Hit)
             }
@@ -286,6 +319,7 @@ impl Fetcher {
                 limit,
                 started,
                 state,
+                shared: self.shared.clone(),
                 _flight: flight,
             })),
         }
@@ -293,12 +327,12 @@ impl Fetcher {
 
     /// Deletes a cached asset, returning its size. Errors: [`FetchError::NotCached`],
     /// [`FetchError::InProgress`] while a transfer of it runs.
-    pub fn delete(&self, digest: &Digest) -> Result<u64, FetchError> {
+    pub fn delete(&self, digest: &Digest, force: bool) -> Result<u64, FetchError> {
         self.flights.unless_running(*digest, || {
             match self
                 .shared
                 .store
-                .delete(digest)
+                .delete(digest, force)
                 .map_err(FetchError::Store)?
             {
                 Some(size) => Ok(size),
@@ -335,7 +369,8 @@ impl Waiting {
             Err(_) => None,
         };
         let result = match outcome {
-            Some(Ok(blob)) => check_blob(&self.want, blob, self.limit, false),
+            Some(Ok(blob)) => check_blob(&self.want, blob, self.limit, false)
+                .and_then(|f| self.shared.record_use(&self.want, f)),
             Some(Err(e)) => Err(FetchError::Transfer(e)),
             None => Err(FetchError::Lost {
                 digest: self.want.digest,
@@ -343,6 +378,28 @@ impl Waiting {
         };
         log_outcome(&self.want, &result, self.started);
         result
+    }
+}
+
+impl Shared {
+    /// Notes a caller's use of `fetched`: last use, its URL, its lease.
+    fn record_use(&self, want: &Want, fetched: Fetched) -> Result<Fetched, FetchError> {
+        let store = |e| FetchError::Store(e);
+        // The transfer recorded a new asset durably; a hit is a cheap touch.
+        if fetched.cache_hit {
+            self.store
+                .used(&fetched.blob, &want.url, false)
+                .map_err(store)?;
+        }
+        if let Some(lease) = &want.lease {
+            let expires = lease
+                .ttl
+                .map(|ttl| crate::store::now_ms() + ttl.as_millis() as u64);
+            self.store
+                .pin(&want.digest, &lease.name, expires)
+                .map_err(store)?;
+        }
+        Ok(fetched)
     }
 }
 

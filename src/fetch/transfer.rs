@@ -43,7 +43,10 @@ pub(super) fn spawn(
     let id = flights.next_id();
     let digest = want.digest;
     let task = tokio::spawn(async move {
-        let outcome = run(&shared, &want, limit, &tx).await;
+        let outcome = match run(&shared, &want, limit, &tx).await {
+            Ok((blob, url)) => after_commit(&shared, &flights, blob, url).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = &outcome {
             tracing::warn!(%digest, error = %e, "transfer failed");
         }
@@ -53,22 +56,59 @@ pub(super) fn spawn(
     Arc::new(Flight::new(id, digest, task.abort_handle(), rx))
 }
 
+/// Records the new asset durably, then evicts what no longer fits. Runs
+/// while the transfer is still registered, so the new asset is safe from
+/// this eviction.
+async fn after_commit(
+    shared: &Arc<Shared>,
+    flights: &Flights,
+    blob: Blob,
+    url: String,
+) -> Result<Blob, FetchError> {
+    let keep = flights.running();
+    let digest = blob.digest;
+    let (store, policy) = (shared.store.clone(), shared.options.evict);
+    let recorded = tokio::task::spawn_blocking(move || {
+        store.used(&blob, &url, true)?;
+        let evicted = store.evict(&policy, &keep, false);
+        Ok::<_, StoreError>((blob, evicted))
+    })
+    .await
+    .map_err(|_| FetchError::Lost { digest })?;
+    let (blob, evicted) = recorded.map_err(FetchError::Store)?;
+    match evicted {
+        Ok(gone) if !gone.is_empty() => {
+            let bytes: u64 = gone.iter().map(|b| b.size).sum();
+            tracing::info!(
+                assets = gone.len(),
+                bytes,
+                "evicted least recently used assets"
+            );
+        }
+        Ok(_) => {}
+        // The fetch itself succeeded; eviction tries again on its timer.
+        Err(e) => tracing::warn!(error = %e, "eviction failed"),
+    }
+    Ok(blob)
+}
+
 async fn run(
     shared: &Shared,
     want: &Want,
     limit: u64,
     state: &watch::Sender<State>,
-) -> Result<Blob, FetchError> {
+) -> Result<(Blob, String), FetchError> {
     if let Some(size) = want.size {
         if size > limit {
             return Err(FetchError::RequestTooLarge { size, limit });
         }
+        check_fits(shared, size)?;
         check_space(shared, size)?;
     }
     let mut failure = None;
     for url in want.urls() {
         match from_url(shared, want, url, limit, state).await {
-            Ok(blob) => return Ok(blob),
+            Ok(blob) => return Ok((blob, url.to_owned())),
             Err(e) if is_local(&e) => return Err(e),
             Err(e) => {
                 tracing::warn!(digest = %want.digest, url, error = %e, "source failed");
@@ -207,7 +247,7 @@ impl Attempt<'_> {
                 limit: self.limit,
             });
         }
-        Ok(())
+        check_fits(self.shared, declared)
     }
 
     fn stalled(&self) -> FetchError {
@@ -269,6 +309,14 @@ fn publish(state: &watch::Sender<State>, done: u64, total: Option<u64>) {
     });
 }
 
+/// Refuses an asset larger than the whole cache may be.
+fn check_fits(shared: &Shared, size: u64) -> Result<(), FetchError> {
+    match shared.options.evict.max_bytes {
+        Some(max) if size > max => Err(FetchError::NeverFits { size, max }),
+        _ => Ok(()),
+    }
+}
+
 fn check_space(shared: &Shared, needed: u64) -> Result<(), FetchError> {
     shared
         .store
@@ -285,7 +333,9 @@ fn is_local(err: &FetchError) -> bool {
                 | StoreError::SizeMismatch { .. }
                 | StoreError::DigestMismatch { .. }
         ),
-        FetchError::RequestTooLarge { .. } | FetchError::Lost { .. } => true,
+        FetchError::RequestTooLarge { .. }
+        | FetchError::NeverFits { .. }
+        | FetchError::Lost { .. } => true,
         _ => false,
     }
 }

@@ -2,6 +2,7 @@
 //! and the one mapping from errors to gRPC status codes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Code, Request, Response, Status};
@@ -9,10 +10,10 @@ use tracing::Instrument as _;
 
 use super::progress;
 use crate::digest::Digest;
-use crate::fetch::{FetchError, Fetched, Fetcher, Want};
+use crate::fetch::{FetchError, Fetched, Fetcher, Lease, Want};
 use crate::proto;
 use crate::source::SourceError;
-use crate::store::{Blob, StoreError};
+use crate::store::{AssetInfo, Blob, ListQuery, StoreError};
 
 /// List page size when the request gives none.
 const DEFAULT_PAGE_SIZE: usize = 100;
@@ -67,10 +68,10 @@ impl proto::assets_server::Assets for AssetsService {
         request: Request<proto::StatRequest>,
     ) -> Result<Response<proto::StatResponse>, Status> {
         let digest = parse_digest(&request.get_ref().digest)?;
-        let blob = self.fetcher.store().stat(&digest).map_err(store_status)?;
-        let blob = blob.ok_or_else(|| status(&FetchError::NotCached { digest }))?;
+        let info = self.fetcher.store().info(&digest).map_err(store_status)?;
+        let info = info.ok_or_else(|| status(&FetchError::NotCached { digest }))?;
         Ok(Response::new(proto::StatResponse {
-            asset: Some(asset(blob)),
+            asset: Some(asset(info)),
         }))
     }
 
@@ -89,20 +90,27 @@ impl proto::assets_server::Assets for AssetsService {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        // One more than the page tells whether another page follows.
-        let mut blobs = self
-            .fetcher
-            .store()
-            .list(after.as_ref(), page_size + 1)
-            .map_err(store_status)?;
-        let next_page_token = if blobs.len() > page_size {
-            blobs.truncate(page_size);
-            blobs.last().map(|b| b.digest.hex()).unwrap_or_default()
+        let nonempty = |s: String| (!s.is_empty()).then_some(s);
+        let query = ListQuery {
+            after,
+            // One more than the page tells whether another page follows.
+            limit: page_size + 1,
+            lease: nonempty(req.lease),
+            url_prefix: nonempty(req.url_prefix),
+            unleased: req.unleased,
+        };
+        let mut found = self.fetcher.store().list(&query).map_err(store_status)?;
+        let next_page_token = if found.len() > page_size {
+            found.truncate(page_size);
+            found
+                .last()
+                .map(|a| a.blob.digest.hex())
+                .unwrap_or_default()
         } else {
             String::new()
         };
         Ok(Response::new(proto::ListResponse {
-            assets: blobs.into_iter().map(asset).collect(),
+            assets: found.into_iter().map(asset).collect(),
             next_page_token,
         }))
     }
@@ -114,9 +122,105 @@ impl proto::assets_server::Assets for AssetsService {
         let span = peer_span("Delete", &request);
         require_admin(&request)?;
         let digest = parse_digest(&request.get_ref().digest)?;
-        let size = self.fetcher.delete(&digest).map_err(|e| status(&e))?;
-        span.in_scope(|| tracing::info!(%digest, bytes = size, "deleted"));
+        let force = request.get_ref().force;
+        let size = self
+            .fetcher
+            .delete(&digest, force)
+            .map_err(|e| status(&e))?;
+        span.in_scope(|| tracing::info!(%digest, bytes = size, force, "deleted"));
         Ok(Response::new(proto::DeleteResponse { size }))
+    }
+
+    async fn release_lease(
+        &self,
+        request: Request<proto::ReleaseLeaseRequest>,
+    ) -> Result<Response<proto::ReleaseLeaseResponse>, Status> {
+        let span = peer_span("ReleaseLease", &request);
+        let lease = parse_lease(request.into_inner().lease)?;
+        let released = self
+            .fetcher
+            .release(lease.clone())
+            .await
+            .map_err(|e| status(&e))?;
+        span.in_scope(|| tracing::info!(lease, released, "lease released"));
+        Ok(Response::new(proto::ReleaseLeaseResponse {
+            released: released as u32,
+        }))
+    }
+
+    async fn gc(
+        &self,
+        request: Request<proto::GcRequest>,
+    ) -> Result<Response<proto::GcResponse>, Status> {
+        let span = peer_span("Gc", &request);
+        require_admin(&request)?;
+        let dry_run = request.get_ref().dry_run;
+        let report = self.fetcher.gc(dry_run).await.map_err(|e| status(&e))?;
+        let bytes = report.evicted.iter().map(|b| b.size).sum();
+        let evicted = report.evicted.len();
+        span.in_scope(|| {
+            tracing::info!(
+                dry_run,
+                evicted,
+                bytes,
+                lapsed_pins = report.lapsed_pins,
+                "gc"
+            )
+        });
+        Ok(Response::new(proto::GcResponse {
+            evicted: report.evicted.into_iter().map(bare_asset).collect(),
+            bytes,
+            lapsed_pins: report.lapsed_pins as u32,
+        }))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<proto::VerifyRequest>,
+    ) -> Result<Response<proto::VerifyResponse>, Status> {
+        let digest = match request.get_ref().digest.as_str() {
+            "" => None,
+            d => Some(parse_digest(d)?),
+        };
+        let report = self.fetcher.verify(digest).await.map_err(|e| status(&e))?;
+        let corrupt = report
+            .corrupt
+            .into_iter()
+            .map(|c| proto::CorruptAsset {
+                digest: c.digest.to_string(),
+                actual: c.actual.to_string(),
+                quarantined_path: c.quarantined.display().to_string(),
+            })
+            .collect();
+        Ok(Response::new(proto::VerifyResponse {
+            checked: report.checked as u32,
+            corrupt,
+        }))
+    }
+
+    type PrewarmStream = progress::PrewarmStream;
+
+    async fn prewarm(
+        &self,
+        request: Request<proto::PrewarmRequest>,
+    ) -> Result<Response<Self::PrewarmStream>, Status> {
+        let span = peer_span("Prewarm", &request);
+        let req = request.into_inner();
+        let mut digests = Vec::with_capacity(req.assets.len());
+        let mut wants = Vec::with_capacity(req.assets.len());
+        for (index, asset) in req.assets.into_iter().enumerate() {
+            digests.push(asset.digest.clone());
+            let want = want(asset)
+                .map_err(|s| Status::invalid_argument(format!("asset {index}: {}", s.message())))?;
+            wants.push(want);
+        }
+        let concurrency = match req.concurrency as usize {
+            0 => crate::fetch::DEFAULT_PREWARM_CONCURRENCY,
+            n => n,
+        };
+        span.in_scope(|| tracing::info!(assets = wants.len(), concurrency, "prewarm"));
+        let events = self.fetcher.prewarm(wants, concurrency);
+        Ok(Response::new(progress::prewarm_events(events, digests)))
     }
 }
 
@@ -160,13 +264,38 @@ fn parse_digest(value: &str) -> Result<Digest, Status> {
 
 /// Parses a fetch request into what the fetch layer takes.
 fn want(req: proto::FetchRequest) -> Result<Want, Status> {
+    let lease = match req.lease.as_str() {
+        "" if req.lease_ttl_seconds > 0 => {
+            return Err(Status::invalid_argument(
+                "lease_ttl_seconds without a lease",
+            ));
+        }
+        "" => None,
+        _ => Some(Lease {
+            name: parse_lease(req.lease)?,
+            ttl: nonzero(req.lease_ttl_seconds).map(Duration::from_secs),
+        }),
+    };
     Ok(Want {
         digest: parse_digest(&req.digest)?,
         url: req.url,
         mirrors: req.mirrors,
         size: nonzero(req.size),
         max_size: nonzero(req.max_size),
+        lease,
     })
+}
+
+/// A lease name: 1 to 256 printable characters.
+fn parse_lease(name: String) -> Result<String, Status> {
+    let printable = !name.is_empty() && name.len() <= 256 && !name.chars().any(char::is_control);
+    if printable {
+        Ok(name)
+    } else {
+        Err(Status::invalid_argument(format!(
+            "malformed lease {name:?}: want 1 to 256 printable characters"
+        )))
+    }
 }
 
 pub(super) fn fetch_response(fetched: Fetched) -> proto::FetchResponse {
@@ -182,12 +311,29 @@ fn nonzero(n: u64) -> Option<u64> {
     (n != 0).then_some(n)
 }
 
-fn asset(blob: Blob) -> proto::Asset {
+fn asset(info: AssetInfo) -> proto::Asset {
+    proto::Asset {
+        last_used_unix_ms: info.last_used,
+        urls: info.urls,
+        leases: info
+            .pins
+            .into_iter()
+            .map(|p| proto::LeaseHold {
+                lease: p.lease,
+                expires_unix_ms: p.expires.unwrap_or(0),
+            })
+            .collect(),
+        ..bare_asset(info.blob)
+    }
+}
+
+fn bare_asset(blob: Blob) -> proto::Asset {
     proto::Asset {
         digest: blob.digest.to_string(),
         path: blob.path.display().to_string(),
         size: blob.size,
         added_unix_seconds: blob.added_unix_seconds,
+        ..Default::default()
     }
 }
 
@@ -218,10 +364,12 @@ fn code(err: &FetchError) -> Code {
             StoreError::LimitExceeded { .. } => Code::ResourceExhausted,
             StoreError::SizeMismatch { .. } | StoreError::DigestMismatch { .. } => Code::DataLoss,
             StoreError::NoSpace { .. } => Code::ResourceExhausted,
+            StoreError::Leased { .. } => Code::FailedPrecondition,
             StoreError::Io { .. } if e.is_no_space() => Code::ResourceExhausted,
-            StoreError::Io { .. } | StoreError::Locked { .. } | StoreError::NotOwned { .. } => {
-                Code::Internal
-            }
+            StoreError::Io { .. }
+            | StoreError::Meta(_)
+            | StoreError::Locked { .. }
+            | StoreError::NotOwned { .. } => Code::Internal,
         },
         FetchError::RequestTooLarge { .. } | FetchError::DeclaredTooLarge { .. } => {
             Code::ResourceExhausted
@@ -230,6 +378,8 @@ fn code(err: &FetchError) -> Code {
             Code::DataLoss
         }
         FetchError::Stalled { .. } => Code::Unavailable,
+        FetchError::NeverFits { .. } => Code::ResourceExhausted,
+        FetchError::Panicked { .. } => Code::Internal,
         FetchError::NotCached { .. } => Code::NotFound,
         FetchError::InProgress { .. } => Code::FailedPrecondition,
         FetchError::Lost { .. } | FetchError::Transfer(_) => Code::Internal,

@@ -1,6 +1,7 @@
-//! The event stream of `FetchProgress`: progress about every 250 ms, then
-//! the result. The stream's task owns the caller's place in the transfer;
-//! when the client goes away the task ends, and the caller leaves.
+//! The server streams: `FetchProgress` (progress about every 250 ms, then
+//! the result; the stream's task owns the caller's place in the transfer,
+//! so when the client goes away the caller leaves) and `Prewarm` (the
+//! batch's events; the batch goes on without the client).
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -12,14 +13,14 @@ use tonic::Status;
 use tracing::Instrument as _;
 
 use super::assets::{fetch_response, status};
-use crate::fetch::{Progress, Started, Waiting};
-use crate::proto::{self, fetch_event::Event};
+use crate::fetch::{PrewarmEvent, PrewarmKind, Progress, Started, Waiting};
+use crate::proto::{self, fetch_event::Event, prewarm_event};
 
 /// Time between progress events: smooth for a bar, cheap for the daemon.
 const EVERY: Duration = Duration::from_millis(250);
 
-/// What `FetchProgress` returns.
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<proto::FetchEvent, Status>> + Send>>;
+/// A server stream of `T`.
+pub type EventStream<T = proto::FetchEvent> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The events of a fetch that has `started`.
 pub(super) fn events(started: Started, span: tracing::Span) -> EventStream {
@@ -78,4 +79,42 @@ fn progress(p: &Progress) -> proto::Progress {
         bytes_per_second: p.rate(),
         source: p.source.clone(),
     }
+}
+
+/// What `Prewarm` returns.
+pub type PrewarmStream = EventStream<proto::PrewarmEvent>;
+
+/// The proto events of a prewarm batch; `digests` names each asset by index.
+pub(super) fn prewarm_events(
+    mut events: mpsc::Receiver<PrewarmEvent>,
+    digests: Vec<String>,
+) -> PrewarmStream {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            let index = event.index;
+            let event = match event.kind {
+                PrewarmKind::Queued => prewarm_event::Event::Queued(proto::Queued {}),
+                PrewarmKind::Progress(p) => prewarm_event::Event::Progress(progress(&p)),
+                PrewarmKind::Done(fetched) => prewarm_event::Event::Done(fetch_response(fetched)),
+                PrewarmKind::Failed(error) => {
+                    let status = status(&error);
+                    prewarm_event::Event::Failed(proto::Failure {
+                        code: format!("{:?}", status.code()),
+                        message: status.message().to_owned(),
+                    })
+                }
+            };
+            let event = proto::PrewarmEvent {
+                index: index as u32,
+                digest: digests.get(index).cloned().unwrap_or_default(),
+                event: Some(event),
+            };
+            // The caller left: the batch goes on; stop translating.
+            if tx.send(Ok(event)).await.is_err() {
+                break;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
 }

@@ -5,8 +5,13 @@
 //! ```text
 //! blobs/sha256/<64 hex>   verified assets, mode 0444
 //! ingest/                 temp files of ingests in progress
+//! quarantine/             blobs that failed verification, out of service
+//! meta.redb               metadata (sizes, last use, URLs, leases)
 //! lock                    flock held by the one daemon using this root
 //! ```
+//!
+//! The files are the truth: the metadata is reconciled with `blobs/` at
+//! every start and rebuilt from it when damaged.
 //!
 //! Invariant: a file under `blobs/` holds exactly the bytes its name says.
 //! Only [`Ingest::commit`] puts files there, after checking size and digest and
@@ -14,6 +19,8 @@
 //! [`Store::open`] sweeps. The store knows nothing of networks or URLs.
 
 mod ingest;
+mod lifecycle;
+mod meta;
 mod writer;
 
 use std::fs;
@@ -25,6 +32,8 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::digest::Digest;
 pub use ingest::Ingest;
+pub use lifecycle::{AssetInfo, Corrupt, EvictPolicy, ListQuery};
+pub use meta::{MetaError, Pin, Record, now_ms};
 
 /// A store failure, naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +57,17 @@ pub enum StoreError {
         owner: u32,
         /// The daemon's effective uid.
         me: u32,
+    },
+    /// The metadata store failed.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// The asset is pinned by a lease.
+    #[error("{digest} is held by lease {leases}; release it or delete with force")]
+    Leased {
+        /// The asset.
+        digest: Digest,
+        /// The holding leases, comma-separated.
+        leases: String,
     },
     /// Another process holds the root's lock.
     #[error("{path} is in use by another assetd (its lock is held)")]
@@ -131,6 +151,7 @@ pub struct Blob {
 pub struct Store {
     root: PathBuf,
     blobs: PathBuf,
+    meta: meta::Meta,
     ingest: PathBuf,
     _lock: Flock<fs::File>,
 }
@@ -157,14 +178,16 @@ impl Store {
             .map_err(StoreError::io("open", &lock_path))?;
         let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
             .map_err(|_| StoreError::Locked { path: lock_path })?;
-        let store = Store {
+        // INVARIANT: the lock is held before anything in the root changes.
+        sweep(&ingest)?;
+        let meta = meta::Meta::open(root, &scan_blobs(&blobs)?)?;
+        Ok(Store {
             root: root.to_owned(),
             blobs,
+            meta,
             ingest,
             _lock: lock,
-        };
-        store.sweep_ingest()?;
-        Ok(store)
+        })
     }
 
     /// Where the asset `digest` lives (or would live).
@@ -192,58 +215,23 @@ impl Store {
         }
     }
 
-    /// Up to `limit` cached assets with digests after `after`, in digest
-    /// order. Files in `blobs/sha256/` whose names are not digests are skipped.
-    pub fn list(&self, after: Option<&Digest>, limit: usize) -> Result<Vec<Blob>, StoreError> {
-        let entries = fs::read_dir(&self.blobs).map_err(StoreError::io("read", &self.blobs))?;
-        let mut digests = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(StoreError::io("read", &self.blobs))?;
-            let name = entry.file_name();
-            let Some(digest) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) else {
-                continue;
-            };
-            if after.is_none_or(|a| digest > *a) {
-                digests.push(digest);
-            }
-        }
-        digests.sort_unstable();
-        let mut blobs = Vec::with_capacity(limit.min(digests.len()));
-        for digest in digests {
-            if blobs.len() == limit {
-                break;
-            }
-            // A blob deleted since the listing is simply not reported.
-            if let Some(blob) = self.stat(&digest)? {
-                blobs.push(blob);
-            }
-        }
-        Ok(blobs)
-    }
-
-    /// Removes a cached asset; `Ok(None)` when it was not cached, else its
-    /// size. Sandboxes that opened the file keep reading it until they close.
-    pub fn delete(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
-        let Some(blob) = self.stat(digest)? else {
-            return Ok(None);
-        };
-        match fs::remove_file(&blob.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StoreError::io("remove", &blob.path)(e)),
-        }
-        fsync_dir(&self.blobs)?;
-        Ok(Some(blob.size))
+    /// Bytes available on the store's file system, and its size.
+    fn space(&self) -> Result<(u64, u64), StoreError> {
+        let stat = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| StoreError::io("statvfs", &self.root)(e.into()))?;
+        // f_bavail: what an unprivileged writer may use; the root-only
+        // blocks are not ours to fill.
+        let block = stat.fragment_size() as u64;
+        Ok((
+            stat.blocks_available() as u64 * block,
+            stat.blocks() as u64 * block,
+        ))
     }
 
     /// Checks that `needed` more bytes fit while keeping `reserve` bytes
     /// free on the store's file system ([`StoreError::NoSpace`] if not).
     pub fn check_space(&self, needed: u64, reserve: u64) -> Result<(), StoreError> {
-        let stat = nix::sys::statvfs::statvfs(&self.root)
-            .map_err(|e| StoreError::io("statvfs", &self.root)(e.into()))?;
-        // f_bavail: what an unprivileged writer may use; the root-only
-        // blocks are not ours to fill.
-        let available = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+        let (available, _) = self.space()?;
         if available < needed.saturating_add(reserve) {
             return Err(StoreError::NoSpace {
                 path: self.root.clone(),
@@ -266,25 +254,45 @@ impl Store {
     ) -> Result<Ingest, StoreError> {
         Ingest::start(self, expected, size, limit)
     }
+}
 
-    fn sweep_ingest(&self) -> Result<(), StoreError> {
-        let entries = fs::read_dir(&self.ingest).map_err(StoreError::io("read", &self.ingest))?;
-        let mut swept = 0usize;
-        for entry in entries {
-            let path = entry.map_err(StoreError::io("read", &self.ingest))?.path();
-            let removed = if path.is_dir() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
-            removed.map_err(StoreError::io("remove", &path))?;
-            swept += 1;
-        }
-        if swept > 0 {
-            tracing::info!(swept, dir = %self.ingest.display(), "removed temp files of interrupted fetches");
-        }
-        Ok(())
+/// Removes every leftover temp file of interrupted fetches.
+fn sweep(ingest: &Path) -> Result<(), StoreError> {
+    let entries = fs::read_dir(ingest).map_err(StoreError::io("read", ingest))?;
+    let mut swept = 0usize;
+    for entry in entries {
+        let path = entry.map_err(StoreError::io("read", ingest))?.path();
+        let removed = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.map_err(StoreError::io("remove", &path))?;
+        swept += 1;
     }
+    if swept > 0 {
+        tracing::info!(swept, dir = %ingest.display(), "removed temp files of interrupted fetches");
+    }
+    Ok(())
+}
+
+/// Every blob's digest, size and mtime; names that are not digests are
+/// skipped.
+fn scan_blobs(blobs: &Path) -> Result<Vec<(Digest, u64, i64)>, StoreError> {
+    let entries = fs::read_dir(blobs).map_err(StoreError::io("read", blobs))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(StoreError::io("read", blobs))?;
+        let name = entry.file_name();
+        let Some(digest) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) else {
+            continue;
+        };
+        // A file deleted since the listing is simply not there.
+        if let Ok(meta) = entry.metadata() {
+            found.push((digest, meta.len(), meta.mtime()));
+        }
+    }
+    Ok(found)
 }
 
 /// Refuses a root another user owns: they could have planted files in

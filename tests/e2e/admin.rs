@@ -43,6 +43,7 @@ async fn stat_list_and_delete_work_from_disk() {
         .list(ListRequest {
             page_size: 2,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -54,6 +55,7 @@ async fn stat_list_and_delete_work_from_disk() {
         .list(ListRequest {
             page_size: 2,
             page_token: page.next_page_token,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -65,6 +67,7 @@ async fn stat_list_and_delete_work_from_disk() {
     let deleted = client
         .delete(DeleteRequest {
             digest: digests[0].clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -95,6 +98,7 @@ async fn admin_calls_refuse_malformed_input() {
         client
             .delete(DeleteRequest {
                 digest: "nope".into(),
+                ..Default::default()
             })
             .await,
         Code::InvalidArgument,
@@ -103,6 +107,7 @@ async fn admin_calls_refuse_malformed_input() {
     let bad_token = ListRequest {
         page_size: 1,
         page_token: "../etc".into(),
+        ..Default::default()
     };
     assert_status(
         client.list(bad_token).await,

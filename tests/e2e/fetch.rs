@@ -417,6 +417,7 @@ async fn delete_racing_fetch_is_refused_until_fetch_ends() {
     let delete = admin
         .delete(DeleteRequest {
             digest: digest.clone(),
+            ..Default::default()
         })
         .await;
     assert_status(
@@ -430,6 +431,7 @@ async fn delete_racing_fetch_is_refused_until_fetch_ends() {
     let deleted = admin
         .delete(DeleteRequest {
             digest: digest.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -438,6 +440,7 @@ async fn delete_racing_fetch_is_refused_until_fetch_ends() {
     let again = admin
         .delete(DeleteRequest {
             digest: digest.clone(),
+            ..Default::default()
         })
         .await;
     assert_status(again, Code::NotFound, &[&digest]);

@@ -68,6 +68,7 @@ async fn gcs_generation_pins_read_that_generation() {
     client
         .delete(assetd::proto::DeleteRequest {
             digest: digest.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();

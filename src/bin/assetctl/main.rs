@@ -1,0 +1,431 @@
+//! `assetctl`: the command-line client of assetd, for people and scripts.
+//!
+//! Output is readable by default and JSON with `--json`. The exit code tells
+//! failure kinds apart (see `EXIT CODES` in `--help`).
+
+mod display;
+mod manifest;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use assetd::proto::assets_client::AssetsClient;
+use assetd::proto::{self, fetch_event, prewarm_event};
+use clap::{Parser, Subcommand};
+use display::{Output, ProgressDisplay, human};
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+const EXIT_CODES: &str = "EXIT CODES:
+  0 ok            1 other error     2 usage         3 cannot reach assetd
+  4 not found     5 bad argument    6 denied        7 too large / disk full
+  8 digest or size mismatch         9 upstream unavailable
+  10 in use (fetching, leased)      11 cancelled or timed out
+  12 prewarm: some assets failed";
+
+/// Talk to the local assetd daemon.
+#[derive(Parser, Debug)]
+#[command(version, about, after_help = EXIT_CODES)]
+struct Cli {
+    /// The daemon's socket [default: the daemon's default]
+    #[arg(long, global = true, env = "ASSETD_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Print JSON instead of text
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Make sure an asset is cached; print its path (progress on stderr)
+    Fetch {
+        /// Where to get it: http://, https://, gs:// or file://
+        url: String,
+        /// Its digest: sha256:<64 hex>
+        #[arg(long)]
+        digest: String,
+        /// Its exact size in bytes, if known
+        #[arg(long, default_value_t = 0)]
+        size: u64,
+        /// Refuse it if larger than this many bytes
+        #[arg(long, default_value_t = 0)]
+        max_size: u64,
+        /// Another URL for the same bytes, tried in order (repeatable)
+        #[arg(long = "mirror", value_name = "URL")]
+        mirrors: Vec<String>,
+        /// Pin it for this lease (a sandbox id, say) until released
+        #[arg(long)]
+        lease: Option<String>,
+        /// Let the lease's pin lapse after this many seconds
+        #[arg(long, default_value_t = 0, requires = "lease")]
+        lease_ttl: u64,
+        /// Show no progress
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// List cached assets
+    Ls {
+        /// Only those this lease holds
+        #[arg(long)]
+        lease: Option<String>,
+        /// Only those fetched from a URL starting with this
+        #[arg(long)]
+        url_prefix: Option<String>,
+        /// Only those no lease holds
+        #[arg(long)]
+        unleased: bool,
+    },
+    /// Show one cached asset
+    Stat {
+        /// sha256:<64 hex>
+        digest: String,
+    },
+    /// Remove a cached asset
+    Rm {
+        /// sha256:<64 hex>
+        digest: String,
+        /// Remove it even while leases hold it
+        #[arg(long)]
+        force: bool,
+    },
+    /// Leases
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+    /// Evict least recently used, unleased assets past the daemon's limits
+    Gc {
+        /// Only say what would go
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Re-hash cached assets; corrupt ones go to quarantine
+    Verify {
+        /// One asset (sha256:<64 hex>); all when absent
+        digest: Option<String>,
+    },
+    /// Fetch the assets of a manifest (TOML, or JSON for *.json)
+    Prewarm {
+        /// The manifest
+        file: PathBuf,
+        /// Show no progress
+        #[arg(long, short)]
+        quiet: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LeaseCommand {
+    /// Drop every pin of a lease
+    Release {
+        /// The lease's name
+        lease: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(1, &format!("starting the runtime: {e}")),
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    // A bad manifest is a usage error, before any connection.
+    let manifest = match &cli.command {
+        Command::Prewarm { file, .. } => match manifest::Manifest::load(file) {
+            Ok(m) => Some(m),
+            Err(e) => return fail(2, &e),
+        },
+        _ => None,
+    };
+    let socket = cli
+        .socket
+        .unwrap_or_else(|| assetd::config::default_paths().1);
+    let mut client = match connect(&socket).await {
+        Ok(c) => c,
+        Err(e) => {
+            let hint = "is it running? set --socket or ASSETD_SOCKET";
+            return fail(
+                3,
+                &format!("cannot reach assetd at {}: {e} ({hint})", socket.display()),
+            );
+        }
+    };
+    let out = Output { json: cli.json };
+    let result = match (cli.command, manifest) {
+        (Command::Prewarm { quiet, .. }, Some(manifest)) => {
+            prewarm(&mut client, manifest.request(), &out, quiet).await
+        }
+        (command, _) => call(&mut client, command, &out)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+    };
+    result.unwrap_or_else(|status| fail(exit_code(status.code()), status.message()))
+}
+
+/// Runs every command but prewarm.
+async fn call(
+    client: &mut AssetsClient<Channel>,
+    command: Command,
+    out: &Output,
+) -> Result<(), Status> {
+    match command {
+        Command::Fetch {
+            url,
+            digest,
+            size,
+            max_size,
+            mirrors,
+            lease,
+            lease_ttl,
+            quiet,
+        } => {
+            let req = proto::FetchRequest {
+                url,
+                digest,
+                size,
+                max_size,
+                mirrors,
+                lease: lease.unwrap_or_default(),
+                lease_ttl_seconds: lease_ttl,
+            };
+            fetch(client, req, out, quiet).await
+        }
+        Command::Ls {
+            lease,
+            url_prefix,
+            unleased,
+        } => {
+            let req = proto::ListRequest {
+                lease: lease.unwrap_or_default(),
+                url_prefix: url_prefix.unwrap_or_default(),
+                unleased,
+                ..Default::default()
+            };
+            list(client, req, out).await
+        }
+        Command::Stat { digest } => {
+            let asset = client
+                .stat(proto::StatRequest { digest })
+                .await?
+                .into_inner()
+                .asset;
+            out.asset(asset.unwrap_or_default());
+            Ok(())
+        }
+        Command::Rm { digest, force } => {
+            let req = proto::DeleteRequest {
+                digest: digest.clone(),
+                force,
+            };
+            out.deleted(&digest, client.delete(req).await?.into_inner().size);
+            Ok(())
+        }
+        Command::Lease(LeaseCommand::Release { lease }) => {
+            let req = proto::ReleaseLeaseRequest {
+                lease: lease.clone(),
+            };
+            let released = client.release_lease(req).await?.into_inner().released;
+            let text = format!("released lease {lease} ({released} assets)");
+            out.either(json!({"lease": lease, "released": released}), &text);
+            Ok(())
+        }
+        Command::Gc { dry_run } => gc(client, dry_run, out).await,
+        Command::Verify { digest } => verify(client, digest, out).await,
+        Command::Prewarm { .. } => Err(Status::internal("prewarm without a manifest")),
+    }
+}
+
+async fn connect(socket: &std::path::Path) -> Result<AssetsClient<Channel>, String> {
+    let absolute = std::path::absolute(socket).map_err(|e| e.to_string())?;
+    let endpoint = Endpoint::from_shared(format!("unix://{}", absolute.display()))
+        .map_err(|e| e.to_string())?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| assetd::error_chain(&e))?;
+    Ok(AssetsClient::new(channel))
+}
+
+async fn fetch(
+    client: &mut AssetsClient<Channel>,
+    req: proto::FetchRequest,
+    out: &Output,
+    quiet: bool,
+) -> Result<(), Status> {
+    let mut events = client.fetch_progress(req).await?.into_inner();
+    let mut display = ProgressDisplay::new(quiet);
+    while let Some(event) = events.message().await? {
+        match event.event {
+            Some(fetch_event::Event::Progress(p)) => display.update(&p),
+            Some(fetch_event::Event::Done(done)) => {
+                display.finish();
+                out.fetched(done);
+                return Ok(());
+            }
+            None => {}
+        }
+    }
+    Err(Status::unknown(
+        "the daemon ended the stream without a result",
+    ))
+}
+
+async fn list(
+    client: &mut AssetsClient<Channel>,
+    mut req: proto::ListRequest,
+    out: &Output,
+) -> Result<(), Status> {
+    let mut assets = Vec::new();
+    req.page_size = 1000;
+    loop {
+        let page = client.list(req.clone()).await?.into_inner();
+        assets.extend(page.assets);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        req.page_token = page.next_page_token;
+    }
+    out.list(&assets);
+    Ok(())
+}
+
+async fn gc(client: &mut AssetsClient<Channel>, dry_run: bool, out: &Output) -> Result<(), Status> {
+    let report = client.gc(proto::GcRequest { dry_run }).await?.into_inner();
+    let verb = if dry_run { "would evict" } else { "evicted" };
+    let mut text = format!(
+        "{verb} {} assets, {}",
+        report.evicted.len(),
+        human(report.bytes)
+    );
+    for asset in &report.evicted {
+        text.push_str(&format!("\n  {}  {}", asset.digest, human(asset.size)));
+    }
+    let evicted: Vec<&str> = report.evicted.iter().map(|a| a.digest.as_str()).collect();
+    let value = json!({"dry_run": dry_run, "evicted": evicted, "bytes": report.bytes, "lapsed_pins": report.lapsed_pins});
+    out.either(value, &text);
+    Ok(())
+}
+
+async fn verify(
+    client: &mut AssetsClient<Channel>,
+    digest: Option<String>,
+    out: &Output,
+) -> Result<(), Status> {
+    let req = proto::VerifyRequest {
+        digest: digest.unwrap_or_default(),
+    };
+    let report = client.verify(req).await?.into_inner();
+    let mut text = format!(
+        "checked {}, corrupt {}",
+        report.checked,
+        report.corrupt.len()
+    );
+    for c in &report.corrupt {
+        text.push_str(&format!(
+            "\n  {} holds {}; moved to {}",
+            c.digest, c.actual, c.quarantined_path
+        ));
+    }
+    let corrupt: Vec<_> = report
+        .corrupt
+        .iter()
+        .map(|c| json!({"digest": c.digest, "actual": c.actual, "quarantined_path": c.quarantined_path}))
+        .collect();
+    out.either(
+        json!({"checked": report.checked, "corrupt": corrupt}),
+        &text,
+    );
+    if report.corrupt.is_empty() {
+        Ok(())
+    } else {
+        Err(Status::data_loss(format!(
+            "{} corrupt assets quarantined",
+            report.corrupt.len()
+        )))
+    }
+}
+
+/// Streams a prewarm batch: a line per finished asset (and progress on a
+/// terminal), then a summary. Exit 12 when any asset failed.
+async fn prewarm(
+    client: &mut AssetsClient<Channel>,
+    req: proto::PrewarmRequest,
+    out: &Output,
+    quiet: bool,
+) -> Result<ExitCode, Status> {
+    let total = req.assets.len();
+    let mut events = client.prewarm(req).await?.into_inner();
+    let mut display = ProgressDisplay::new(quiet);
+    let (mut done, mut failed, mut bytes) = (0usize, 0usize, 0u64);
+    while let Some(event) = events.message().await? {
+        match event.event {
+            Some(prewarm_event::Event::Progress(p)) => display.update(&p),
+            Some(prewarm_event::Event::Done(r)) => {
+                done += 1;
+                bytes += r.size;
+                let hit = if r.cache_hit { "cached" } else { "fetched" };
+                display.line(&format!(
+                    "[{}/{total}] {hit} {} {}",
+                    done + failed,
+                    r.digest,
+                    r.path
+                ));
+            }
+            Some(prewarm_event::Event::Failed(f)) => {
+                failed += 1;
+                display.line(&format!(
+                    "[{}/{total}] FAILED {} {}: {}",
+                    done + failed,
+                    event.digest,
+                    f.code,
+                    f.message
+                ));
+            }
+            Some(prewarm_event::Event::Queued(_)) | None => {}
+        }
+        if done + failed == total {
+            break;
+        }
+    }
+    display.finish();
+    let text = format!(
+        "{done} of {total} assets on the node ({}), {failed} failed",
+        human(bytes)
+    );
+    out.either(
+        json!({"assets": total, "done": done, "failed": failed, "bytes": bytes}),
+        &text,
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(12)
+    })
+}
+
+fn exit_code(code: Code) -> u8 {
+    match code {
+        Code::NotFound => 4,
+        Code::InvalidArgument | Code::OutOfRange => 5,
+        Code::PermissionDenied | Code::Unauthenticated => 6,
+        Code::ResourceExhausted => 7,
+        Code::DataLoss => 8,
+        Code::Unavailable => 9,
+        Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => 10,
+        Code::Cancelled | Code::DeadlineExceeded => 11,
+        _ => 1,
+    }
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("assetctl: {message}");
+    ExitCode::from(code)
+}

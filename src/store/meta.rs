@@ -1,0 +1,369 @@
+//! Metadata that survives restarts: per asset its size, when it was added
+//! and last used, the URLs it came from, and the leases that pin it.
+//!
+//! Kept in redb (`<root>/meta.redb`), a crash-safe embedded store, but never
+//! the only truth: at every start it is reconciled with `blobs/` (records
+//! without a file go, files without a record are added), and a damaged
+//! database is moved aside and rebuilt from `blobs/`. Last-use updates are
+//! committed without an fsync (a crash may lose the newest few; redb keeps
+//! the database consistent); everything else is durable when it returns.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+
+use crate::digest::Digest;
+
+/// Digest bytes → JSON [`Record`].
+const ASSETS: TableDefinition<&[u8], &str> = TableDefinition::new("assets");
+/// (digest bytes, lease) → expiry in Unix milliseconds, 0 for never.
+const PINS: TableDefinition<(&[u8], &str), u64> = TableDefinition::new("pins");
+
+/// What is known of one asset besides its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    /// Size in bytes.
+    pub size: u64,
+    /// When it entered the cache, Unix seconds.
+    pub added: i64,
+    /// When a fetch last asked for it, Unix milliseconds.
+    pub last_used: u64,
+    /// The URLs it was fetched from, oldest first.
+    pub urls: Vec<String>,
+}
+
+/// A lease's pin on an asset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The lease's name, chosen by the caller (a sandbox id, say).
+    pub lease: String,
+    /// When the pin lapses, Unix milliseconds; `None` for never.
+    pub expires: Option<u64>,
+}
+
+impl Pin {
+    /// Whether the pin still holds at `now` (Unix milliseconds).
+    pub fn holds(&self, now: u64) -> bool {
+        self.expires.is_none_or(|e| e > now)
+    }
+}
+
+/// A metadata failure.
+#[derive(Debug, thiserror::Error)]
+#[error("metadata store {path}: {source}")]
+pub struct MetaError {
+    path: PathBuf,
+    source: redb::Error,
+}
+
+/// The metadata database.
+pub struct Meta {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Meta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meta").field("path", &self.path).finish()
+    }
+}
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Meta {
+    /// Opens `<root>/meta.redb`, rebuilding it when it is damaged, and
+    /// reconciles it with `on_disk` (each blob's digest, size and mtime).
+    pub fn open(root: &Path, on_disk: &[(Digest, u64, i64)]) -> Result<Meta, MetaError> {
+        let path = root.join("meta.redb");
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(e) => {
+                let aside = root.join(format!("meta.redb.damaged-{}", now_ms()));
+                tracing::warn!(error = %e, moved_to = %aside.display(), "metadata store damaged; rebuilding it from blobs/");
+                std::fs::rename(&path, &aside).map_err(|e| MetaError {
+                    path: path.clone(),
+                    source: redb::Error::Io(e),
+                })?;
+                Database::create(&path).map_err(|e| MetaError {
+                    path: path.clone(),
+                    source: e.into(),
+                })?
+            }
+        };
+        let meta = Meta { db, path };
+        meta.reconcile(on_disk)?;
+        Ok(meta)
+    }
+
+    fn fail(&self) -> impl Fn(redb::Error) -> MetaError + '_ {
+        |source| MetaError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Makes the records match the blobs on disk.
+    fn reconcile(&self, on_disk: &[(Digest, u64, i64)]) -> Result<(), MetaError> {
+        let known: HashSet<Digest> = self.records()?.into_keys().collect();
+        let present: HashSet<Digest> = on_disk.iter().map(|(d, _, _)| *d).collect();
+        let gone: Vec<Digest> = known.difference(&present).copied().collect();
+        let added: Vec<&(Digest, u64, i64)> = on_disk
+            .iter()
+            .filter(|(d, _, _)| !known.contains(d))
+            .collect();
+        if gone.is_empty() && added.is_empty() {
+            return Ok(());
+        }
+        self.write(Durability::Immediate, |tx| {
+            let mut assets = tx.open_table(ASSETS)?;
+            for (digest, size, mtime) in &added {
+                let record = Record {
+                    size: *size,
+                    added: *mtime,
+                    last_used: (*mtime).max(0) as u64 * 1000,
+                    urls: Vec::new(),
+                };
+                assets.insert(&digest_key(digest)[..], encode(&record).as_str())?;
+            }
+            drop(assets);
+            for digest in &gone {
+                remove_in(tx, digest)?;
+            }
+            Ok(())
+        })?;
+        tracing::info!(
+            added = added.len(),
+            removed = gone.len(),
+            "metadata reconciled with blobs/"
+        );
+        Ok(())
+    }
+
+    fn write(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), MetaError> {
+        let run = || -> Result<(), redb::Error> {
+            let mut tx = self.db.begin_write()?;
+            tx.set_durability(durability)
+                .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
+            f(&tx)?;
+            tx.commit()?;
+            Ok(())
+        };
+        run().map_err(self.fail())
+    }
+
+    /// Every record, by digest.
+    pub fn records(&self) -> Result<HashMap<Digest, Record>, MetaError> {
+        let read = || -> Result<HashMap<Digest, Record>, redb::Error> {
+            let tx = self.db.begin_read()?;
+            let table = match tx.open_table(ASSETS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut all = HashMap::new();
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                if let (Some(digest), Some(record)) =
+                    (digest_from(key.value()), decode(value.value()))
+                {
+                    all.insert(digest, record);
+                }
+            }
+            Ok(all)
+        };
+        read().map_err(self.fail())
+    }
+
+    /// Every pin, by digest.
+    pub fn pins(&self) -> Result<HashMap<Digest, Vec<Pin>>, MetaError> {
+        let read = || -> Result<HashMap<Digest, Vec<Pin>>, redb::Error> {
+            let tx = self.db.begin_read()?;
+            let table = match tx.open_table(PINS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut all: HashMap<Digest, Vec<Pin>> = HashMap::new();
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                let (digest, lease) = key.value();
+                if let Some(digest) = digest_from(digest) {
+                    all.entry(digest).or_default().push(Pin {
+                        lease: lease.to_owned(),
+                        expires: (value.value() != 0).then(|| value.value()),
+                    });
+                }
+            }
+            Ok(all)
+        };
+        read().map_err(self.fail())
+    }
+
+    /// Records a fetch of `digest` (size `size`) from `url` now: adds the
+    /// asset if new, else updates its last use and URLs. Durable only when
+    /// `durable` (a new asset); a last-use touch is not worth an fsync.
+    pub fn used(
+        &self,
+        digest: &Digest,
+        size: u64,
+        url: &str,
+        added: i64,
+        durable: bool,
+    ) -> Result<(), MetaError> {
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        self.write(durability, |tx| {
+            let mut assets = tx.open_table(ASSETS)?;
+            let key = digest_key(digest);
+            let old = assets.get(&key[..])?.and_then(|v| decode(v.value()));
+            let mut record = old.unwrap_or(Record {
+                size,
+                added,
+                last_used: 0,
+                urls: Vec::new(),
+            });
+            record.last_used = now_ms();
+            if !url.is_empty() && !record.urls.iter().any(|u| u == url) {
+                record.urls.push(url.to_owned());
+            }
+            assets.insert(&key[..], encode(&record).as_str())?;
+            Ok(())
+        })
+    }
+
+    /// Pins `digest` for `lease` until `expires` (Unix ms; `None` for never).
+    pub fn pin(&self, digest: &Digest, lease: &str, expires: Option<u64>) -> Result<(), MetaError> {
+        self.write(Durability::Immediate, |tx| {
+            let mut pins = tx.open_table(PINS)?;
+            pins.insert((&digest_key(digest)[..], lease), expires.unwrap_or(0))?;
+            Ok(())
+        })
+    }
+
+    /// Drops every pin of `lease`; returns how many there were.
+    pub fn release(&self, lease: &str) -> Result<usize, MetaError> {
+        let mut released = 0;
+        self.write(Durability::Immediate, |tx| {
+            let mut pins = tx.open_table(PINS)?;
+            let gone = pins.extract_if(|(_, l), _| l == lease)?;
+            released = gone.count();
+            Ok(())
+        })?;
+        Ok(released)
+    }
+
+    /// Drops the pins that lapsed before `now`; returns how many.
+    pub fn sweep_lapsed(&self, now: u64) -> Result<usize, MetaError> {
+        let mut swept = 0;
+        self.write(Durability::Immediate, |tx| {
+            let mut pins = tx.open_table(PINS)?;
+            swept = pins
+                .extract_if(|_, expires| expires != 0 && expires <= now)?
+                .count();
+            Ok(())
+        })?;
+        Ok(swept)
+    }
+
+    /// Forgets `digest` and its pins.
+    pub fn remove(&self, digest: &Digest) -> Result<(), MetaError> {
+        self.write(Durability::Immediate, |tx| remove_in(tx, digest))
+    }
+}
+
+fn remove_in(tx: &redb::WriteTransaction, digest: &Digest) -> Result<(), redb::Error> {
+    let key = digest_key(digest);
+    tx.open_table(ASSETS)?.remove(&key[..])?;
+    let mut pins = tx.open_table(PINS)?;
+    let _ = pins.extract_if(|(d, _), _| d == &key[..])?.count();
+    Ok(())
+}
+
+fn digest_key(digest: &Digest) -> [u8; 32] {
+    digest.bytes()
+}
+
+fn digest_from(bytes: &[u8]) -> Option<Digest> {
+    <[u8; 32]>::try_from(bytes).ok().map(Digest::from_bytes)
+}
+
+fn encode(record: &Record) -> String {
+    serde_json::to_string(record).unwrap_or_default()
+}
+
+fn decode(text: &str) -> Option<Record> {
+    serde_json::from_str(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> Digest {
+        Digest::from_bytes([n; 32])
+    }
+
+    #[test]
+    fn reconcile_adds_missing_and_drops_stale_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path(), &[(d(1), 10, 100), (d(2), 20, 200)]).unwrap();
+        meta.pin(&d(2), "sandbox-a", None).unwrap();
+        drop(meta);
+        let meta = Meta::open(dir.path(), &[(d(1), 10, 100), (d(3), 30, 300)]).unwrap();
+        let records = meta.records().unwrap();
+        let mut keys: Vec<_> = records.keys().copied().collect();
+        keys.sort();
+        assert_eq!(keys, vec![d(1), d(3)]);
+        assert_eq!(records[&d(3)].size, 30);
+        assert!(
+            meta.pins().unwrap().is_empty(),
+            "pins of a vanished blob go too"
+        );
+    }
+
+    #[test]
+    fn leases_pin_release_and_lapse() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path(), &[(d(1), 1, 1), (d(2), 2, 2)]).unwrap();
+        meta.pin(&d(1), "a", None).unwrap();
+        meta.pin(&d(2), "a", None).unwrap();
+        meta.pin(&d(2), "b", Some(1000)).unwrap();
+        assert_eq!(meta.sweep_lapsed(999).unwrap(), 0);
+        assert_eq!(meta.sweep_lapsed(1000).unwrap(), 1);
+        assert_eq!(meta.release("a").unwrap(), 2);
+        assert!(meta.pins().unwrap().is_empty());
+    }
+
+    #[test]
+    fn damaged_database_is_rebuilt_from_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("meta.redb"), b"this is not a database").unwrap();
+        let meta = Meta::open(dir.path(), &[(d(7), 70, 700)]).unwrap();
+        assert_eq!(meta.records().unwrap()[&d(7)].size, 70);
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("meta.redb.damaged-")
+            })
+            .count();
+        assert_eq!(aside, 1);
+    }
+}
