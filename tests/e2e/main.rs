@@ -9,4 +9,5 @@ mod disk;
 mod fetch;
 mod gcs;
 mod grpcurl;
+mod lifecycle;
 mod pipeline;

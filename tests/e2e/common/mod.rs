@@ -109,6 +109,19 @@ impl TestDaemon {
         }
     }
 
+    /// Kills the daemon with SIGKILL, as a crash would, and waits for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again after [`TestDaemon::kill9`] or [`TestDaemon::stop`].
+    pub fn start_again(&mut self, args: &[&str]) {
+        self.spawn(args);
+    }
+
     /// The daemon's peak resident memory so far, in bytes (VmHWM).
     pub fn peak_rss(&self) -> u64 {
         let pid = self.child.as_ref().expect("running").id();
