@@ -72,44 +72,44 @@ impl Store {
         let Some(blob) = self.stat(digest)? else {
             return Ok(None);
         };
-        let record = self.meta.records()?.remove(digest);
-        let pins = self.meta.pins()?.remove(digest).unwrap_or_default();
+        let record = self.meta.get(digest)?;
+        let pins = self.meta.pins_of(digest)?;
         Ok(Some(with_meta(blob, record, pins)))
     }
 
     /// Assets matching `query`, in digest order.
     pub fn list(&self, query: &ListQuery) -> Result<Vec<AssetInfo>, StoreError> {
         let now = now_ms();
-        let mut records: Vec<(Digest, Record)> = self.meta.records()?.into_iter().collect();
-        records.sort_unstable_by_key(|(d, _)| *d);
-        let mut pins = self.meta.pins()?;
         let mut found = Vec::new();
-        for (digest, record) in records {
-            if found.len() == query.limit {
-                break;
-            }
-            let held: Vec<Pin> = pins
-                .remove(&digest)
-                .unwrap_or_default()
+        let mut failed = None;
+        self.meta.scan(query.after.as_ref(), |digest, record| {
+            let held: Vec<Pin> = self
+                .meta
+                .pins_of(&digest)?
                 .into_iter()
                 .filter(|p| p.holds(now))
                 .collect();
-            let wanted = query.after.is_none_or(|a| digest > a)
-                && query
-                    .lease
-                    .as_ref()
-                    .is_none_or(|l| held.iter().any(|p| &p.lease == l))
+            let wanted = query
+                .lease
+                .as_ref()
+                .is_none_or(|l| held.iter().any(|p| &p.lease == l))
                 && query
                     .url_prefix
                     .as_ref()
                     .is_none_or(|u| record.urls.iter().any(|r| r.starts_with(u)))
                 && (!query.unleased || held.is_empty());
             // A file removed behind the daemon's back is not listed.
-            if wanted && let Some(blob) = self.stat(&digest)? {
-                found.push(with_meta(blob, Some(record), held));
+            match self.stat(&digest) {
+                Ok(Some(blob)) if wanted => found.push(with_meta(blob, Some(record), held)),
+                Ok(_) => {}
+                Err(e) => failed = Some(e),
             }
+            Ok(failed.is_none() && found.len() < query.limit)
+        })?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(found),
         }
-        Ok(found)
     }
 
     /// Records that `blob` was fetched from `url` (`new` when it just
@@ -164,6 +164,10 @@ impl Store {
         keep: &HashSet<Digest>,
         dry_run: bool,
     ) -> Result<Vec<Blob>, StoreError> {
+        if policy.max_bytes.is_none() && policy.min_free_bytes == 0 && policy.min_free_percent == 0
+        {
+            return Ok(Vec::new());
+        }
         let now = now_ms();
         let mut records: Vec<(Digest, Record)> = self.meta.records()?.into_iter().collect();
         records.sort_by_key(|(_, r)| r.last_used);
@@ -247,7 +251,7 @@ impl Store {
     /// Leases holding `digest` now.
     fn holders(&self, digest: &Digest) -> Result<Vec<String>, StoreError> {
         let now = now_ms();
-        let pins = self.meta.pins()?.remove(digest).unwrap_or_default();
+        let pins = self.meta.pins_of(digest)?;
         Ok(pins
             .into_iter()
             .filter(|p| p.holds(now))

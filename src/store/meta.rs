@@ -9,6 +9,7 @@
 //! the database consistent); everything else is durable when it returns.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -181,6 +182,82 @@ impl Meta {
                 }
             }
             Ok(all)
+        };
+        read().map_err(self.fail())
+    }
+
+    /// The record of `digest`, if any.
+    pub fn get(&self, digest: &Digest) -> Result<Option<Record>, MetaError> {
+        let read = || -> Result<Option<Record>, redb::Error> {
+            let tx = self.db.begin_read()?;
+            let table = match tx.open_table(ASSETS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(table
+                .get(&digest_key(digest)[..])?
+                .and_then(|v| decode(v.value())))
+        };
+        read().map_err(self.fail())
+    }
+
+    /// Visits records in digest order, starting after `after`, until `visit`
+    /// returns false. Reads only what it visits, so a page of a large cache
+    /// costs a page.
+    pub fn scan(
+        &self,
+        after: Option<&Digest>,
+        mut visit: impl FnMut(Digest, Record) -> Result<bool, MetaError>,
+    ) -> Result<(), MetaError> {
+        let tx = self.db.begin_read().map_err(|e| self.fail()(e.into()))?;
+        let table = match tx.open_table(ASSETS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(self.fail()(e.into())),
+        };
+        let start = after.map(digest_key);
+        let bounds = match &start {
+            Some(key) => (Bound::Excluded(&key[..]), Bound::Unbounded),
+            None => (Bound::Unbounded, Bound::Unbounded),
+        };
+        for entry in table
+            .range::<&[u8]>(bounds)
+            .map_err(|e| self.fail()(e.into()))?
+        {
+            let (key, value) = entry.map_err(|e| self.fail()(e.into()))?;
+            if let (Some(digest), Some(record)) = (digest_from(key.value()), decode(value.value()))
+                && !visit(digest, record)?
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The pins of one asset.
+    pub fn pins_of(&self, digest: &Digest) -> Result<Vec<Pin>, MetaError> {
+        let read = || -> Result<Vec<Pin>, redb::Error> {
+            let tx = self.db.begin_read()?;
+            let table = match tx.open_table(PINS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let key = digest_key(digest);
+            let mut pins = Vec::new();
+            for entry in table.range((&key[..], "")..)? {
+                let (k, v) = entry?;
+                let (d, lease) = k.value();
+                if d != &key[..] {
+                    break;
+                }
+                pins.push(Pin {
+                    lease: lease.to_owned(),
+                    expires: (v.value() != 0).then(|| v.value()),
+                });
+            }
+            Ok(pins)
         };
         read().map_err(self.fail())
     }
