@@ -180,7 +180,7 @@ impl GcsSource {
             };
             if response.status() != expected {
                 let retry_after = super::http::retry_after(&response);
-                return Err(status_error(
+                return Err(SourceError::from_status(
                     &url,
                     response.status(),
                     retry_after,
@@ -243,7 +243,7 @@ impl GcsSource {
         let status = response.status();
         if status != StatusCode::NOT_FOUND {
             let retry_after = super::http::retry_after(&response);
-            return status_error(url, status, retry_after, "metadata read");
+            return SourceError::from_status(url, status, retry_after, "metadata read");
         }
         let mut bucket = self.endpoint.clone();
         if let Ok(mut path) = bucket.path_segments_mut() {
@@ -376,30 +376,6 @@ fn no_credentials(url: &Url, reason: &str) -> SourceError {
              run `gcloud auth application-default login`, or start assetd with \
              --gcs-anonymous for public buckets"
         ),
-    }
-}
-
-fn status_error(
-    url: &Url,
-    status: StatusCode,
-    retry_after: Option<std::time::Duration>,
-    what: &str,
-) -> SourceError {
-    let url = url.to_string();
-    match status {
-        StatusCode::NOT_FOUND => SourceError::NotFound {
-            url,
-            detail: format!("{what}: HTTP {status}"),
-        },
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SourceError::Denied {
-            url,
-            reason: format!("{what}: GCS answered HTTP {status}"),
-        },
-        _ => SourceError::Status {
-            url,
-            status: status.as_u16(),
-            retry_after,
-        },
     }
 }
 

@@ -46,7 +46,14 @@ impl HttpSource {
                 content_range_total(url, &response, resume.offset)?,
             ),
             (s, _) if s.is_success() => (0, response.content_length()),
-            (s, _) => return Err(status_error(url, s, retry_after(&response))),
+            (s, _) => {
+                return Err(SourceError::from_status(
+                    url,
+                    s,
+                    retry_after(&response),
+                    "GET",
+                ));
+            }
         };
         let validator = validator(&response);
         let stream_url = url.clone();
@@ -136,23 +143,4 @@ pub(super) fn client(redirects: Option<usize>) -> Result<reqwest::Client, Source
             detail: format!("building the HTTP client: {}", crate::error_chain(&e)),
             retryable: false,
         })
-}
-
-fn status_error(url: &Url, status: StatusCode, retry_after: Option<Duration>) -> SourceError {
-    let url = url.to_string();
-    match status {
-        StatusCode::NOT_FOUND | StatusCode::GONE => SourceError::NotFound {
-            url,
-            detail: format!("HTTP {status}"),
-        },
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SourceError::Denied {
-            url,
-            reason: format!("upstream answered HTTP {status}"),
-        },
-        _ => SourceError::Status {
-            url,
-            status: status.as_u16(),
-            retry_after,
-        },
-    }
 }

@@ -136,6 +136,33 @@ impl SourceError {
         SourceError::transport(url, err, retryable)
     }
 
+    /// The error for an HTTP error status answering `what` (a GET, a
+    /// metadata read...): 404 and 410 are not found, 401 and 403 denied, the
+    /// rest a status (retryable or not, see [`SourceError::is_retryable`]).
+    pub fn from_status(
+        url: &Url,
+        status: reqwest::StatusCode,
+        retry_after: Option<Duration>,
+        what: &str,
+    ) -> SourceError {
+        let url = url.to_string();
+        match status.as_u16() {
+            404 | 410 => SourceError::NotFound {
+                url,
+                detail: format!("{what}: HTTP {status}"),
+            },
+            401 | 403 => SourceError::Denied {
+                url,
+                reason: format!("{what}: upstream answered HTTP {status}"),
+            },
+            code => SourceError::Status {
+                url,
+                status: code,
+                retry_after,
+            },
+        }
+    }
+
     /// Whether the same URL may succeed if tried again: connection failures,
     /// resets, 408, 429 and 5xx.
     pub fn is_retryable(&self) -> bool {

@@ -285,6 +285,13 @@ async fn delete_is_refused_to_other_users() {
     assert_eq!(removed.status.code(), Some(6), "{stderr}");
     assert!(stderr.contains("the caller is uid 65534"), "{stderr}");
     assert_eq!(daemon.blobs().len(), 1, "the asset is still there");
+    let gc = as_nobody(&["gc"]);
+    assert_eq!(
+        gc.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -611,3 +611,53 @@ async fn kill_9_at_random_instants_never_corrupts_the_cache() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_calls_refuse_bad_input_and_change_nothing() {
+    let http = HttpServer::start().await;
+    let assets = serve_assets(&http, 1, 4096, 210);
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+    let (url, _, digest) = &assets[0];
+    let release = ReleaseLeaseRequest {
+        lease: String::new(),
+    };
+    assert_status(
+        client.release_lease(release).await,
+        Code::InvalidArgument,
+        &["malformed lease"],
+    );
+    let verify = VerifyRequest {
+        digest: "sha256:nope".into(),
+    };
+    assert_status(
+        client.verify(verify).await,
+        Code::InvalidArgument,
+        &["sha256:nope"],
+    );
+    let ttl_alone = FetchRequest {
+        lease_ttl_seconds: 5,
+        ..fetch_req(url, digest, "")
+    };
+    assert_status(
+        client.fetch(ttl_alone).await,
+        Code::InvalidArgument,
+        &["lease_ttl_seconds without a lease"],
+    );
+    let batch = proto::PrewarmRequest {
+        assets: vec![fetch_req(url, digest, ""), fetch_req(url, "sha256:bad", "")],
+        concurrency: 0,
+    };
+    assert_status(
+        client.prewarm(batch).await,
+        Code::InvalidArgument,
+        &["asset 1", "sha256:bad"],
+    );
+    let missing = DeleteRequest {
+        digest: digest.clone(),
+        force: true,
+    };
+    assert_status(client.delete(missing).await, Code::NotFound, &[digest]);
+    assert_eq!(http.requests(), 0);
+    daemon.assert_empty();
+}
