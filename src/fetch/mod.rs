@@ -429,7 +429,7 @@ fn log_outcome(want: &Want, result: &Result<Fetched, FetchError>, started: Insta
     match result {
         Ok(f) => tracing::info!(
             digest = %want.digest,
-            url = %want.url,
+            url = %crate::source::redacted_str(&want.url),
             bytes = f.blob.size,
             secs = format_args!("{secs:.3}"),
             mb_per_s = format_args!("{:.1}", f.blob.size as f64 / secs.max(1e-9) / 1e6),
@@ -438,7 +438,7 @@ fn log_outcome(want: &Want, result: &Result<Fetched, FetchError>, started: Insta
         ),
         Err(e) => tracing::warn!(
             digest = %want.digest,
-            url = %want.url,
+            url = %crate::source::redacted_str(&want.url),
             secs = format_args!("{secs:.3}"),
             outcome = "failed",
             error = %e,

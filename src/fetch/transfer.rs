@@ -19,7 +19,7 @@ use url::Url;
 
 use super::flight::{Flight, Flights, State};
 use super::{FetchError, Shared, Want};
-use crate::source::{Resume, Source};
+use crate::source::{Resume, Source, redacted, redacted_str};
 use crate::store::{Blob, Ingest, StoreError};
 
 /// First backoff; doubled per failed try, with full jitter.
@@ -111,7 +111,7 @@ async fn run(
             Ok(blob) => return Ok((blob, url.to_owned())),
             Err(e) if is_local(&e) => return Err(e),
             Err(e) => {
-                tracing::warn!(digest = %want.digest, url, error = %e, "source failed");
+                tracing::warn!(digest = %want.digest, url = %redacted_str(url), error = %e, "source failed");
                 failure = Some(e);
             }
         }
@@ -134,7 +134,7 @@ async fn from_url(
     state.send_modify(|s| s.progress.source = String::new());
     let _permits = shared.limits.acquire(&url).await;
     state.send_modify(|s| {
-        s.progress.source = url.to_string();
+        s.progress.source = redacted(&url);
         s.progress.started.get_or_insert_with(Instant::now);
     });
     let mut attempt = Attempt {
@@ -160,7 +160,7 @@ async fn from_url(
             return Err(e);
         }
         let delay = backoff(failures, retry_after(&e));
-        tracing::info!(digest = %want.digest, %url, error = %e, retry_in = ?delay, "retrying");
+        tracing::info!(digest = %want.digest, url = %redacted(&url), error = %e, retry_in = ?delay, "retrying");
         tokio::time::sleep(delay).await;
     }
     match attempt.ingest.take() {
@@ -212,7 +212,7 @@ impl Attempt<'_> {
         if opened.offset != self.received() {
             // The source could not go on (a new version, or Range ignored):
             // start over with what it sends, from byte 0.
-            tracing::info!(url = %self.url, from = opened.offset, "source cannot resume; starting over");
+            tracing::info!(url = %redacted(self.url), from = opened.offset, "source cannot resume; starting over");
             self.abort().await;
         }
         let mut ingest = match self.ingest.take() {
@@ -235,14 +235,14 @@ impl Attempt<'_> {
             && expected != declared
         {
             return Err(FetchError::DeclaredSizeMismatch {
-                url: self.url.to_string(),
+                url: redacted(self.url),
                 expected,
                 declared,
             });
         }
         if declared > self.limit {
             return Err(FetchError::DeclaredTooLarge {
-                url: self.url.to_string(),
+                url: redacted(self.url),
                 size: declared,
                 limit: self.limit,
             });
@@ -252,7 +252,7 @@ impl Attempt<'_> {
 
     fn stalled(&self) -> FetchError {
         FetchError::Stalled {
-            url: self.url.to_string(),
+            url: redacted(self.url),
             secs: self.shared.options.stall_timeout.as_secs_f64(),
         }
     }

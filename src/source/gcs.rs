@@ -152,7 +152,7 @@ impl GcsSource {
         response
             .json::<Metadata>()
             .await
-            .map_err(|e| SourceError::reqwest(url, &e))
+            .map_err(|e| SourceError::reqwest(url, e))
     }
 
     /// The media request, sent when the body is first polled.
@@ -172,7 +172,7 @@ impl GcsSource {
                 .await?
                 .send()
                 .await
-                .map_err(|e| SourceError::reqwest(&url, &e))?;
+                .map_err(|e| SourceError::reqwest(&url, e))?;
             let expected = if offset > 0 {
                 StatusCode::PARTIAL_CONTENT
             } else {
@@ -189,7 +189,7 @@ impl GcsSource {
             }
             let stream = response
                 .bytes_stream()
-                .map(move |chunk| chunk.map_err(|e| SourceError::transport(&url, &e, true)));
+                .map(move |chunk| chunk.map_err(|e| SourceError::body(&url, e)));
             Ok(Box::pin(stream) as ByteStream)
         }
     }
@@ -203,7 +203,7 @@ impl GcsSource {
             .await?
             .send()
             .await
-            .map_err(|e| SourceError::reqwest(url, &e))
+            .map_err(|e| SourceError::reqwest(url, e))
     }
 
     /// Adds the credentials' headers to `request`.

@@ -38,7 +38,7 @@ impl HttpSource {
         let response = request
             .send()
             .await
-            .map_err(|e| SourceError::reqwest(url, &e))?;
+            .map_err(|e| SourceError::reqwest(url, e))?;
         let status = response.status();
         let (offset, size) = match (status, resume) {
             (StatusCode::PARTIAL_CONTENT, Some(resume)) => (
@@ -60,7 +60,7 @@ impl HttpSource {
         let body = response
             .bytes_stream()
             // A failure mid-body is a broken transfer: always worth resuming.
-            .map(move |chunk| chunk.map_err(|e| SourceError::transport(&stream_url, &e, true)));
+            .map(move |chunk| chunk.map_err(|e| SourceError::body(&stream_url, e)));
         Ok(Opened {
             size,
             offset,
@@ -99,7 +99,7 @@ fn content_range_total(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let bad = || SourceError::BadRange {
-        url: url.to_string(),
+        url: super::redacted(url),
         offset,
         got: format!("Content-Range {range:?}"),
     };

@@ -115,6 +115,30 @@ pub enum SourceError {
     },
 }
 
+/// `url` fit for logs and messages: query values and passwords hidden, as
+/// they often carry signatures (signed URLs) or credentials.
+pub fn redacted(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    let fragment = shown.fragment().map(str::to_owned);
+    shown.set_fragment(None);
+    let mut text = shown.to_string();
+    if url.query().is_some() {
+        let keys: Vec<String> = url.query_pairs().map(|(k, _)| format!("{k}=…")).collect();
+        text = format!("{text}?{}", keys.join("&"));
+    }
+    if let Some(fragment) = fragment {
+        text = format!("{text}#{fragment}");
+    }
+    text
+}
+
+/// [`redacted`] for a URL as given, which may not parse.
+pub fn redacted_str(url: &str) -> String {
+    Url::parse(url).map_or_else(|_| url.to_owned(), |u| redacted(&u))
+}
+
 impl SourceError {
     /// A transfer error for `url`, keeping the chain of causes readable.
     pub fn transport(
@@ -123,7 +147,7 @@ impl SourceError {
         retryable: bool,
     ) -> SourceError {
         SourceError::Transport {
-            url: url.to_string(),
+            url: redacted(url),
             detail: crate::error_chain(err),
             retryable,
         }
@@ -131,9 +155,16 @@ impl SourceError {
 
     /// A reqwest failure: retryable unless it is about the request itself
     /// (a redirect loop, a malformed response).
-    pub fn reqwest(url: &Url, err: &reqwest::Error) -> SourceError {
+    pub fn reqwest(url: &Url, err: reqwest::Error) -> SourceError {
         let retryable = !(err.is_redirect() || err.is_builder() || err.is_decode());
-        SourceError::transport(url, err, retryable)
+        // The error's own text names the URL in full: leave it out.
+        SourceError::transport(url, &err.without_url(), retryable)
+    }
+
+    /// A failure while reading a body: a broken transfer, always worth
+    /// resuming.
+    pub fn body(url: &Url, err: reqwest::Error) -> SourceError {
+        SourceError::transport(url, &err.without_url(), true)
     }
 
     /// The error for an HTTP error status answering `what` (a GET, a
@@ -145,7 +176,7 @@ impl SourceError {
         retry_after: Option<Duration>,
         what: &str,
     ) -> SourceError {
-        let url = url.to_string();
+        let url = redacted(url);
         match status.as_u16() {
             404 | 410 => SourceError::NotFound {
                 url,

@@ -492,3 +492,30 @@ impl Drop for PythonHttp {
         let _ = self.child.wait();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_url_secrets_stay_out_of_errors_and_logs() {
+    let http = HttpServer::start().await;
+    let missing = format!(
+        "{}?X-Goog-Signature=SECRET1&X-Goog-Expires=60",
+        http.url("/signed")
+    );
+    let refused = "http://user:SECRET2@127.0.0.1:9/x?sig=SECRET3".to_owned();
+    let daemon = TestDaemon::start_with(&["--attempts", "1"]);
+    let mut client = daemon.client().await;
+    let result = client.fetch(request(&missing, WRONG_DIGEST)).await;
+    assert_status(result, Code::NotFound, &["X-Goog-Signature=…"]);
+    let status = client
+        .fetch(request(&refused, WRONG_DIGEST))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    for secret in ["SECRET1", "SECRET2", "SECRET3"] {
+        assert!(!status.message().contains(secret), "{}", status.message());
+        assert!(
+            !daemon.log().contains(secret),
+            "{secret} in the log:\n{}",
+            daemon.log()
+        );
+    }
+}
