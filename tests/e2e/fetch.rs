@@ -146,11 +146,7 @@ async fn fetch_refuses_declared_size_over_limit_before_reading() {
     let http = HttpServer::start().await;
     let body = random_bytes(2 << 20, 5);
     // Slow, so the server would still be sending if the body were read.
-    let slow = Reply::Slow {
-        body: body.clone(),
-        chunk: 64 << 10,
-        every: Duration::from_millis(20),
-    };
+    let slow = Reply::slow(&body, 64 << 10, 20);
     let url = http.route("/big", slow);
     let daemon = TestDaemon::start_with(&["--max-size", "1MiB"]);
     let mut client = daemon.client().await;
@@ -361,11 +357,7 @@ async fn fetch_file_is_denied_without_file_roots() {
 async fn client_cancelling_mid_stream_stops_transfer_and_cleans_up() {
     let http = HttpServer::start().await;
     let body = random_bytes(16 << 20, 8);
-    let slow = Reply::Slow {
-        body: body.clone(),
-        chunk: 64 << 10,
-        every: Duration::from_millis(20),
-    };
+    let slow = Reply::slow(&body, 64 << 10, 20);
     let url = http.route("/slow", slow);
     let daemon = TestDaemon::start();
     let mut client = daemon.client().await;
@@ -398,11 +390,7 @@ async fn delete_racing_fetch_is_refused_until_fetch_ends() {
     let http = HttpServer::start().await;
     let body = random_bytes(4 << 20, 9);
     let digest = digest_of(&body);
-    let slow = Reply::Slow {
-        body: body.clone(),
-        chunk: 256 << 10,
-        every: Duration::from_millis(30),
-    };
+    let slow = Reply::slow(&body, 256 << 10, 30);
     let url = http.route("/slow", slow);
     let daemon = TestDaemon::start();
     let mut fetcher = daemon.client().await;

@@ -467,11 +467,7 @@ async fn prewarm_reports_each_asset_and_goes_on_without_the_caller() {
 
     // The caller leaves after the first event; the batch goes on.
     let body = random_bytes(2 << 20, 189);
-    let slow = Reply::Slow {
-        body: body.clone(),
-        chunk: 128 << 10,
-        every: Duration::from_millis(20),
-    };
+    let slow = Reply::slow(&body, 128 << 10, 20);
     let url = http.route("/slow", slow);
     let req = proto::PrewarmRequest {
         assets: vec![fetch_req(&url, &digest_of(&body), "")],
@@ -545,11 +541,7 @@ async fn kill_9_at_random_instants_never_corrupts_the_cache() {
     let http = HttpServer::start().await;
     let mut assets = serve_assets(&http, 6, 3 << 20, 200);
     for (i, (url, body, _)) in assets.iter_mut().enumerate().take(3) {
-        let slow = Reply::Slow {
-            body: body.clone(),
-            chunk: 256 << 10,
-            every: Duration::from_millis(10),
-        };
+        let slow = Reply::slow(body, 256 << 10, 10);
         *url = http.route(&format!("/slow/{i}"), slow);
     }
     let args = ["--max-cache-bytes", "10MiB", "--gc-interval", "50ms"];

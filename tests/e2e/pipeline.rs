@@ -255,11 +255,7 @@ async fn concurrent_callers_share_one_transfer() {
     let http = HttpServer::start().await;
     let body = random_bytes(8 << 20, 49);
     let digest = digest_of(&body);
-    let slow = Reply::Slow {
-        body: body.clone(),
-        chunk: 256 << 10,
-        every: Duration::from_millis(20),
-    };
+    let slow = Reply::slow(&body, 256 << 10, 20);
     let url = http.route("/rootfs", slow);
     // Other URLs for the same digest join the same transfer.
     let other = http.route("/other", Reply::Body(body.clone()));
@@ -296,11 +292,7 @@ async fn one_of_two_callers_leaving_does_not_stop_the_transfer() {
     let http = HttpServer::start().await;
     let body = random_bytes(4 << 20, 50);
     let digest = digest_of(&body);
-    let slow = Reply::Slow {
-        body: body.clone(),
-        chunk: 128 << 10,
-        every: Duration::from_millis(20),
-    };
+    let slow = Reply::slow(&body, 128 << 10, 20);
     let url = http.route("/slow", slow);
     let daemon = TestDaemon::start();
     let (mut a, mut b) = (daemon.client().await, daemon.client().await);
@@ -323,11 +315,7 @@ async fn fetch_progress_streams_progress_then_the_result() {
     let http = HttpServer::start().await;
     let body = random_bytes(6 << 20, 51);
     let digest = digest_of(&body);
-    let slow = Reply::Slow {
-        body: body.clone(),
-        chunk: 256 << 10,
-        every: Duration::from_millis(30),
-    };
+    let slow = Reply::slow(&body, 256 << 10, 30);
     let url = http.route("/slow", slow);
     let daemon = TestDaemon::start();
     let mut first = daemon
@@ -402,11 +390,7 @@ async fn transfers_wait_for_a_slot_in_order() {
     let daemon = TestDaemon::start_with(&["--max-transfers", "1"]);
     let first = random_bytes(2 << 20, 52);
     let second = random_bytes(1 << 20, 53);
-    let slow = Reply::Slow {
-        body: first.clone(),
-        chunk: 256 << 10,
-        every: Duration::from_millis(30),
-    };
+    let slow = Reply::slow(&first, 256 << 10, 30);
     let url_a = http.route("/a", slow);
     let url_b = http.route("/b", Reply::Body(second.clone()));
     let (mut a, mut b) = (daemon.client().await, daemon.client().await);
@@ -434,11 +418,7 @@ async fn transfers_wait_for_a_slot_in_order() {
 async fn a_callers_deadline_bounds_the_transfer() {
     let http = HttpServer::start().await;
     let body = random_bytes(4 << 20, 55);
-    let slow = Reply::Slow {
-        body: body.clone(),
-        chunk: 64 << 10,
-        every: Duration::from_millis(20),
-    };
+    let slow = Reply::slow(&body, 64 << 10, 20);
     let url = http.route("/slow", slow);
     let daemon = TestDaemon::start();
     let mut req = tonic::Request::new(request(&url, &digest_of(&body)));

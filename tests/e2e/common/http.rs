@@ -55,6 +55,15 @@ impl Reply {
     pub fn status(code: u16) -> Reply {
         Reply::Status(code, Vec::new())
     }
+
+    /// `body` at `chunk` bytes every `every_ms` milliseconds.
+    pub fn slow(body: &[u8], chunk: usize, every_ms: u64) -> Reply {
+        Reply::Slow {
+            body: body.to_vec(),
+            chunk,
+            every: Duration::from_millis(every_ms),
+        }
+    }
 }
 
 #[derive(Default)]
