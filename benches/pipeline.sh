@@ -191,7 +191,7 @@ measure() {
   [[ -f $paths ]] || die "$name: assetctl printed '$paths', which is not a file"
   if [[ $4 == 1 ]]; then
     [[ $(sha "$paths") == "$SHA" ]] || die "$name: cached file $paths has the wrong sha256"
-    say "$name: all $n printed $paths; sha256 verified"
+    say "$name: $n of $n callers printed $paths; sha256 verified"
   fi
   stop "$DAEMON_PID"; DAEMON_PID=''
   rm -rf "$T/root" "$T/out/$name."*
