@@ -112,7 +112,7 @@ pub enum ConfigError {
     #[error("max size must be at least 1 byte")]
     ZeroMaxSize,
     /// A count that must be at least 1.
-    #[error("{what} must be at least 1")]
+    #[error("{what} must be more than 0")]
     Zero {
         /// The setting.
         what: &'static str,
@@ -170,6 +170,14 @@ impl Config {
         self.socket = absolute(&self.socket)?;
         if self.max_size == 0 {
             return Err(ConfigError::ZeroMaxSize);
+        }
+        for (what, d) in [
+            ("gc interval", self.gc_interval),
+            ("stall timeout", self.stall_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Zero { what });
+            }
         }
         for (what, n) in [
             ("max transfers", self.max_transfers),

@@ -291,9 +291,14 @@ impl Fetcher {
                 .resolve(url)
                 .map_err(FetchError::Source)?;
         }
-        let limit = want.max_size.map_or(self.shared.options.max_size, |m| {
-            m.min(self.shared.options.max_size)
-        });
+        // An asset of unknown size is also cut off where it could never fit
+        // the cache, rather than committed and evicted at once.
+        let limit = want
+            .max_size
+            .map_or(self.shared.options.max_size, |m| {
+                m.min(self.shared.options.max_size)
+            })
+            .min(self.shared.options.evict.max_bytes.unwrap_or(u64::MAX));
         let shared = self.shared.clone();
         let flights = self.flights.clone();
         let joined = self.flights.join_or_start(want.digest, || {
@@ -350,15 +355,14 @@ impl Waiting {
 
     /// True once the transfer has its outcome.
     pub fn is_done(&self) -> bool {
-        self.state.borrow().outcome.is_some()
+        // A closed channel means the transfer task died: `finish` says so.
+        self.state.borrow().outcome.is_some() || self.state.has_changed().is_err()
     }
 
     /// Waits until the transfer's state changes.
     pub async fn changed(&mut self) {
-        if self.state.changed().await.is_err() {
-            // The transfer is gone; `finish` reports how.
-            std::future::pending::<()>().await;
-        }
+        // An error means the transfer is gone; `is_done` now says so.
+        let _ = self.state.changed().await;
     }
 
     /// Waits for the transfer's outcome, checked against this caller's own
@@ -384,20 +388,21 @@ impl Waiting {
 impl Shared {
     /// Notes a caller's use of `fetched`: last use, its URL, its lease.
     fn record_use(&self, want: &Want, fetched: Fetched) -> Result<Fetched, FetchError> {
-        let store = |e| FetchError::Store(e);
-        // The transfer recorded a new asset durably; a hit is a cheap touch.
-        if fetched.cache_hit {
-            self.store
-                .used(&fetched.blob, &want.url, false)
-                .map_err(store)?;
+        // The transfer recorded a new asset durably; a hit is a cheap touch,
+        // and it only orders eviction: a failure to record it is logged.
+        if fetched.cache_hit
+            && let Err(e) = self.store.used(&fetched.blob, &want.url, false)
+        {
+            tracing::warn!(digest = %want.digest, error = %e, "recording a use failed");
         }
         if let Some(lease) = &want.lease {
-            let expires = lease
-                .ttl
-                .map(|ttl| crate::store::now_ms() + ttl.as_millis() as u64);
+            let expires = lease.ttl.map(|ttl| {
+                let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                crate::store::now_ms().saturating_add(ms)
+            });
             self.store
                 .pin(&want.digest, &lease.name, expires)
-                .map_err(store)?;
+                .map_err(FetchError::Store)?;
         }
         Ok(fetched)
     }

@@ -69,7 +69,11 @@ async fn after_commit(
     let digest = blob.digest;
     let (store, policy) = (shared.store.clone(), shared.options.evict);
     let recorded = tokio::task::spawn_blocking(move || {
-        store.used(&blob, &url, true)?;
+        // The blob is verified and in place: a metadata failure is logged,
+        // not turned into a failed fetch (reconcile re-adds it at start).
+        if let Err(e) = store.used(&blob, &url, true) {
+            tracing::warn!(digest = %blob.digest, error = %e, "recording the new asset failed");
+        }
         let evicted = store.evict(&policy, &keep, false);
         Ok::<_, StoreError>((blob, evicted))
     })
@@ -99,10 +103,10 @@ async fn run(
     state: &watch::Sender<State>,
 ) -> Result<(Blob, String), FetchError> {
     if let Some(size) = want.size {
+        check_fits(shared, size)?;
         if size > limit {
             return Err(FetchError::RequestTooLarge { size, limit });
         }
-        check_fits(shared, size)?;
         check_space(shared, size)?;
     }
     let mut failure = None;
@@ -240,6 +244,7 @@ impl Attempt<'_> {
                 declared,
             });
         }
+        check_fits(self.shared, declared)?;
         if declared > self.limit {
             return Err(FetchError::DeclaredTooLarge {
                 url: redacted(self.url),
@@ -247,7 +252,7 @@ impl Attempt<'_> {
                 limit: self.limit,
             });
         }
-        check_fits(self.shared, declared)
+        Ok(())
     }
 
     fn stalled(&self) -> FetchError {

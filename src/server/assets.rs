@@ -178,6 +178,7 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::VerifyRequest>,
     ) -> Result<Response<proto::VerifyResponse>, Status> {
+        require_admin(&request)?;
         let digest = match request.get_ref().digest.as_str() {
             "" => None,
             d => Some(parse_digest(d)?),
@@ -248,10 +249,10 @@ fn require_admin<T>(request: &Request<T>) -> Result<(), Status> {
     match cred.map(|c| c.uid()) {
         Some(uid) if uid == 0 || uid == me => Ok(()),
         Some(uid) => Err(Status::permission_denied(format!(
-            "only uid 0 or the daemon's uid {me} may delete; the caller is uid {uid}"
+            "only uid 0 or the daemon's uid {me} may change or verify the cache; the caller is uid {uid}"
         ))),
         None => Err(Status::permission_denied(
-            "the caller's credentials are unknown; only uid 0 or the daemon's uid may delete",
+            "the caller's credentials are unknown; only uid 0 or the daemon's uid may do this",
         )),
     }
 }

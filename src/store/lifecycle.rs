@@ -168,6 +168,11 @@ impl Store {
         {
             return Ok(Vec::new());
         }
+        // One pass at a time: two passes over one snapshot would both evict.
+        let _pass = self
+            .evicting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = now_ms();
         let mut records: Vec<(Digest, Record)> = self.meta.records()?.into_iter().collect();
         records.sort_by_key(|(_, r)| r.last_used);
@@ -189,7 +194,9 @@ impl Store {
             if leased || keep.contains(&digest) {
                 continue;
             }
+            // Gone already (deleted meanwhile): it no longer counts either.
             if !dry_run && self.remove_blob(&digest)?.is_none() {
+                total = total.saturating_sub(record.size);
                 continue;
             }
             total = total.saturating_sub(record.size);

@@ -85,6 +85,14 @@ impl Meta {
         let path = root.join("meta.redb");
         let db = match Database::create(&path) {
             Ok(db) => db,
+            // Only damage is repaired by a rebuild; an I/O or permission
+            // error must not cost the leases.
+            Err(e) if !is_damage(&e) => {
+                return Err(MetaError {
+                    path,
+                    source: e.into(),
+                });
+            }
             Err(e) => {
                 let aside = root.join(format!("meta.redb.damaged-{}", now_ms()));
                 tracing::warn!(error = %e, moved_to = %aside.display(), "metadata store damaged; rebuilding it from blobs/");
@@ -359,6 +367,19 @@ impl Meta {
     /// Forgets `digest` and its pins.
     pub fn remove(&self, digest: &Digest) -> Result<(), MetaError> {
         self.write(Durability::Immediate, |tx| remove_in(tx, digest))
+    }
+}
+
+/// Whether opening failed because the file is not a sound database.
+fn is_damage(err: &redb::DatabaseError) -> bool {
+    match err {
+        redb::DatabaseError::UpgradeRequired(_) => true,
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => true,
+        redb::DatabaseError::Storage(redb::StorageError::Io(e)) => matches!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+        ),
+        _ => false,
     }
 }
 

@@ -152,6 +152,8 @@ pub struct Store {
     root: PathBuf,
     blobs: PathBuf,
     meta: meta::Meta,
+    /// Serializes eviction passes; a std mutex, held on blocking threads only.
+    evicting: std::sync::Mutex<()>,
     ingest: PathBuf,
     _lock: Flock<fs::File>,
 }
@@ -185,6 +187,7 @@ impl Store {
             root: root.to_owned(),
             blobs,
             meta,
+            evicting: std::sync::Mutex::new(()),
             ingest,
             _lock: lock,
         })

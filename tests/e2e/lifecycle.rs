@@ -574,6 +574,10 @@ async fn kill_9_at_random_instants_never_corrupts_the_cache() {
         daemon.kill9();
         op.abort();
         daemon.start_again(&args);
+        // An answered call means the store is open and ingest/ swept (the
+        // socket accepts connections a moment before).
+        let served = listed(&daemon, ListRequest::default()).await;
+        assert!(served.len() <= assets.len());
         assert!(
             daemon.ingest().is_empty(),
             "round {round}: ingest/ not swept"

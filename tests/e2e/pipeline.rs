@@ -253,9 +253,10 @@ async fn mirrors_are_tried_in_order_when_one_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_callers_share_one_transfer() {
     let http = HttpServer::start().await;
+    // Slow enough (about 2.5 s) that all 64 callers join while it runs.
     let body = random_bytes(8 << 20, 49);
     let digest = digest_of(&body);
-    let slow = Reply::slow(&body, 256 << 10, 20);
+    let slow = Reply::slow(&body, 128 << 10, 40);
     let url = http.route("/rootfs", slow);
     // Other URLs for the same digest join the same transfer.
     let other = http.route("/other", Reply::Body(body.clone()));
@@ -278,7 +279,9 @@ async fn concurrent_callers_share_one_transfer() {
     }
     let mut paths = Vec::new();
     for call in calls {
-        paths.push(call.await.unwrap().unwrap().into_inner().path);
+        let reply = call.await.unwrap().unwrap().into_inner();
+        assert!(!reply.cache_hit, "every caller joined the transfer");
+        paths.push(reply.path);
     }
     paths.dedup();
     assert_eq!(paths.len(), 1, "every caller gets the same path");

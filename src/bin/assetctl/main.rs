@@ -396,6 +396,8 @@ async fn prewarm(
         }
     }
     display.finish();
+    // A stream that ended early leaves assets without a result: failed.
+    failed = total - done;
     let text = format!(
         "{done} of {total} assets on the node ({}), {failed} failed",
         human(bytes)
