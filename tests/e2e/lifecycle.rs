@@ -5,12 +5,14 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use assetd::proto::assets_client::AssetsClient;
 use assetd::proto::{
     self, DeleteRequest, FetchRequest, GcRequest, ListRequest, ReleaseLeaseRequest, StatRequest,
     VerifyRequest,
 };
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
+use tonic::transport::Channel;
 
 use crate::common::http::{HttpServer, Reply};
 use crate::common::{TestDaemon, assert_status, digest_of, random_bytes};
@@ -39,6 +41,18 @@ fn fetch_req(url: &str, digest: &str, lease: &str) -> FetchRequest {
         lease: lease.to_owned(),
         ..Default::default()
     }
+}
+
+/// Fetches one of [`serve_assets`]'s assets, pinned for `lease` unless empty.
+async fn fetch_asset(
+    client: &mut AssetsClient<Channel>,
+    asset: &(String, Vec<u8>, String),
+    lease: &str,
+) {
+    client
+        .fetch(fetch_req(&asset.0, &asset.2, lease))
+        .await
+        .unwrap();
 }
 
 async fn listed(daemon: &TestDaemon, req: ListRequest) -> Vec<String> {
@@ -131,18 +145,9 @@ async fn list_filters_by_lease_url_prefix_and_unleased() {
     let assets = serve_assets(&http, 3, 2048, 110);
     let daemon = TestDaemon::start();
     let mut client = daemon.client().await;
-    client
-        .fetch(fetch_req(&assets[0].0, &assets[0].2, "a"))
-        .await
-        .unwrap();
-    client
-        .fetch(fetch_req(&assets[1].0, &assets[1].2, ""))
-        .await
-        .unwrap();
-    client
-        .fetch(fetch_req(&assets[2].0, &assets[2].2, ""))
-        .await
-        .unwrap();
+    fetch_asset(&mut client, &assets[0], "a").await;
+    fetch_asset(&mut client, &assets[1], "").await;
+    fetch_asset(&mut client, &assets[2], "").await;
     let by_lease = ListRequest {
         lease: "a".into(),
         ..Default::default()
@@ -184,23 +189,14 @@ async fn eviction_keeps_leased_and_recent_assets_under_the_cap() {
     let assets = serve_assets(&http, 4, 1 << 20, 120);
     let daemon = TestDaemon::start_with(&["--max-cache-bytes", "3MiB"]);
     let mut client = daemon.client().await;
-    client
-        .fetch(fetch_req(&assets[0].0, &assets[0].2, "pinned"))
-        .await
-        .unwrap();
+    fetch_asset(&mut client, &assets[0], "pinned").await;
     for (url, _, digest) in &assets[1..3] {
         client.fetch(fetch_req(url, digest, "")).await.unwrap();
     }
     // A hit makes asset 1 recent; asset 2 is now the least recently used.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    client
-        .fetch(fetch_req(&assets[1].0, &assets[1].2, ""))
-        .await
-        .unwrap();
-    client
-        .fetch(fetch_req(&assets[3].0, &assets[3].2, ""))
-        .await
-        .unwrap();
+    fetch_asset(&mut client, &assets[1], "").await;
+    fetch_asset(&mut client, &assets[3], "").await;
     let expected: BTreeSet<String> = [0, 1, 3].iter().map(|&i| assets[i].2.clone()).collect();
     assert_eq!(blob_digests(&daemon), expected);
     assert!(daemon.log().contains("evicted least recently used assets"));
@@ -213,14 +209,8 @@ async fn gc_dry_run_reports_and_gc_evicts_never_the_leased() {
     // The cap is below even one asset: only eviction by Gc can act.
     let daemon = TestDaemon::start_with(&["--max-cache-bytes", "1MiB"]);
     let mut client = daemon.client().await;
-    client
-        .fetch(fetch_req(&assets[0].0, &assets[0].2, "keep"))
-        .await
-        .unwrap();
-    client
-        .fetch(fetch_req(&assets[1].0, &assets[1].2, ""))
-        .await
-        .unwrap();
+    fetch_asset(&mut client, &assets[0], "keep").await;
+    fetch_asset(&mut client, &assets[1], "").await;
     // The fresh asset was in flight when its own commit evicted: it stays.
     assert_eq!(daemon.blobs().len(), 2);
     let dry = client
@@ -317,19 +307,10 @@ async fn leases_and_last_use_survive_a_restart() {
     let assets = serve_assets(&http, 2, 4096, 160);
     let mut daemon = TestDaemon::start();
     let mut client = daemon.client().await;
-    client
-        .fetch(fetch_req(&assets[0].0, &assets[0].2, "kept"))
-        .await
-        .unwrap();
-    client
-        .fetch(fetch_req(&assets[1].0, &assets[1].2, ""))
-        .await
-        .unwrap();
+    fetch_asset(&mut client, &assets[0], "kept").await;
+    fetch_asset(&mut client, &assets[1], "").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    client
-        .fetch(fetch_req(&assets[0].0, &assets[0].2, ""))
-        .await
-        .unwrap();
+    fetch_asset(&mut client, &assets[0], "").await;
     drop(client);
     daemon.restart(&[]);
     let mut client = daemon.client().await;
