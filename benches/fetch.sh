@@ -53,18 +53,10 @@ REPO_VENV_OK=false
 "$REPO/.venv/bin/python" -c "import importlib.metadata as m, sys
 sys.exit(m.version('${GCS_WHEEL%%==*}') != '${GCS_WHEEL#*==}')" 2>/dev/null && REPO_VENV_OK=true
 $REPO_VENV_OK || python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
-if ((${#missing[@]})); then
-  [[ $EUID -eq 0 ]] || die "missing ${missing[*]}: run as root, or install them"
-  say "installing ${missing[*]}"
-  apt-get update -qq || die "apt-get update failed"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
-    || die "apt-get install ${missing[*]} failed"
-fi
-command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
-say "building assetd and assetctl (release)"
-(cd "$REPO" && cargo build --release --quiet --bin assetd --bin assetctl) || die "cargo build failed"
-BIN=${CARGO_TARGET_DIR:-$REPO/target}/release
-[[ -x $BIN/assetd && -x $BIN/assetctl ]] || die "no binaries in $BIN"
+# shellcheck source=benches/lib.sh
+source "$REPO/benches/lib.sh"
+install_missing "${missing[@]}"
+build_binaries
 
 # --- 2. Temp dir on a real disk, test files ----------------------------------
 base=${BENCH_DIR:-/var/tmp}

@@ -40,18 +40,10 @@ export PATH=$PATH:/usr/sbin:/sbin
 # --- 1. Tools and binaries ---------------------------------------------------
 missing=()
 for t in nginx curl openssl python3; do command -v "$t" >/dev/null || missing+=("$t"); done
-if ((${#missing[@]})); then
-  [[ $EUID -eq 0 ]] || die "missing ${missing[*]}: run as root, or install them"
-  say "installing ${missing[*]}"
-  apt-get update -qq || die "apt-get update failed"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
-    || die "apt-get install ${missing[*]} failed"
-fi
-command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
-say "building assetd and assetctl (release)"
-(cd "$REPO" && cargo build --release --quiet --bin assetd --bin assetctl) || die "cargo build failed"
-BIN=${CARGO_TARGET_DIR:-$REPO/target}/release
-[[ -x $BIN/assetd && -x $BIN/assetctl ]] || die "no binaries in $BIN"
+# shellcheck source=benches/lib.sh
+source "$REPO/benches/lib.sh"
+install_missing "${missing[@]}"
+build_binaries
 
 # --- 2. Temp dir on a real disk, the asset -----------------------------------
 base=${BENCH_DIR:-/var/tmp}
