@@ -10,38 +10,13 @@ use assetd::proto::{
     self, DeleteRequest, FetchRequest, GcRequest, ListRequest, ReleaseLeaseRequest, StatRequest,
     VerifyRequest,
 };
-use sha2::{Digest as _, Sha256};
 use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::common::http::{HttpServer, Reply};
-use crate::common::{TestDaemon, assert_status, digest_of, random_bytes};
-
-/// Serves `n` assets of `size` bytes at `/asset/I`; returns (url, bytes, digest).
-fn serve_assets(
-    http: &HttpServer,
-    n: usize,
-    size: usize,
-    seed: u64,
-) -> Vec<(String, Vec<u8>, String)> {
-    (0..n)
-        .map(|i| {
-            let body = random_bytes(size, seed + i as u64);
-            let url = http.route(&format!("/asset/{seed}/{i}"), Reply::Body(body.clone()));
-            let digest = digest_of(&body);
-            (url, body, digest)
-        })
-        .collect()
-}
-
-fn fetch_req(url: &str, digest: &str, lease: &str) -> FetchRequest {
-    FetchRequest {
-        url: url.to_owned(),
-        digest: digest.to_owned(),
-        lease: lease.to_owned(),
-        ..Default::default()
-    }
-}
+use crate::common::{
+    TestDaemon, assert_status, digest_of, fetch_req, listed, random_bytes, serve_assets,
+};
 
 /// Fetches one of [`serve_assets`]'s assets, pinned for `lease` unless empty.
 async fn fetch_asset(
@@ -53,26 +28,6 @@ async fn fetch_asset(
         .fetch(fetch_req(&asset.0, &asset.2, lease))
         .await
         .unwrap();
-}
-
-async fn listed(daemon: &TestDaemon, req: ListRequest) -> Vec<String> {
-    let assets = daemon
-        .client()
-        .await
-        .list(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .assets;
-    assets.into_iter().map(|a| a.digest).collect()
-}
-
-fn blob_digests(daemon: &TestDaemon) -> BTreeSet<String> {
-    daemon
-        .blobs()
-        .into_iter()
-        .map(|hex| format!("sha256:{hex}"))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +153,7 @@ async fn eviction_keeps_leased_and_recent_assets_under_the_cap() {
     fetch_asset(&mut client, &assets[1], "").await;
     fetch_asset(&mut client, &assets[3], "").await;
     let expected: BTreeSet<String> = [0, 1, 3].iter().map(|&i| assets[i].2.clone()).collect();
-    assert_eq!(blob_digests(&daemon), expected);
+    assert_eq!(daemon.blob_digests(), expected);
     assert!(daemon.log().contains("evicted least recently used assets"));
 }
 
@@ -234,7 +189,7 @@ async fn gc_dry_run_reports_and_gc_evicts_never_the_leased() {
         .into_inner();
     assert_eq!(gc.evicted.len(), 1);
     let left: BTreeSet<String> = [assets[0].2.clone()].into();
-    assert_eq!(blob_digests(&daemon), left);
+    assert_eq!(daemon.blob_digests(), left);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,10 +312,7 @@ async fn verify_quarantines_a_corrupt_blob() {
         client.fetch(fetch_req(url, digest, "")).await.unwrap();
     }
     let bad = &assets[0].2;
-    let path = daemon
-        .root
-        .join("blobs/sha256")
-        .join(&bad["sha256:".len()..]);
+    let path = daemon.blob_path(bad);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(&path, b"bit rot").unwrap();
 
@@ -464,10 +416,7 @@ async fn prewarm_reports_each_asset_and_goes_on_without_the_caller() {
     events.message().await.unwrap().unwrap();
     drop(events);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !daemon
-        .blobs()
-        .contains(&digest_of(&body)["sha256:".len()..].to_owned())
-    {
+    while !daemon.blob_path(&digest_of(&body)).exists() {
         assert!(Instant::now() < deadline, "the prewarm did not go on");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -513,7 +462,7 @@ async fn a_damaged_metadata_store_is_rebuilt_from_blobs() {
         .await
         .into_iter()
         .collect();
-    assert_eq!(listed, blob_digests(&daemon));
+    assert_eq!(listed, daemon.blob_digests());
     assert_eq!(listed.len(), 3);
 }
 
@@ -563,29 +512,7 @@ async fn kill_9_at_random_instants_never_corrupts_the_cache() {
             daemon.ingest().is_empty(),
             "round {round}: ingest/ not swept"
         );
-        for hex in daemon.blobs() {
-            let bytes = std::fs::read(daemon.root.join("blobs/sha256").join(&hex)).unwrap();
-            assert_eq!(
-                hex::encode(Sha256::digest(&bytes)),
-                hex,
-                "round {round}: a blob does not match its name"
-            );
-        }
-        let listed: BTreeSet<String> = listed(
-            &daemon,
-            ListRequest {
-                page_size: 1000,
-                ..Default::default()
-            },
-        )
-        .await
-        .into_iter()
-        .collect();
-        assert_eq!(
-            listed,
-            blob_digests(&daemon),
-            "round {round}: List differs from disk"
-        );
+        daemon.assert_consistent(&format!("round {round}")).await;
     }
 }
 

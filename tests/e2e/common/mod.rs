@@ -5,15 +5,19 @@ pub mod gcs;
 pub mod http;
 pub mod proxy;
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use assetd::proto::assets_client::AssetsClient;
+use assetd::proto::{FetchRequest, ListRequest};
 use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::common::http::{HttpServer, Reply};
 
 /// The real `assetd` binary on its own root and socket in a temp dir.
 /// Stopped on drop; its log is printed when the test failed.
@@ -151,6 +155,43 @@ impl TestDaemon {
         names(&self.root.join("blobs").join("sha256"))
     }
 
+    /// Where the store keeps `digest` (`sha256:<hex>`).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        self.root.join("blobs").join("sha256").join(hex)
+    }
+
+    /// The digests of the files in `blobs/sha256/`.
+    pub fn blob_digests(&self) -> BTreeSet<String> {
+        self.blobs()
+            .into_iter()
+            .map(|hex| format!("sha256:{hex}"))
+            .collect()
+    }
+
+    /// Asserts that every file in `blobs/` holds the bytes its name says and
+    /// that `List` shows exactly those files; `context` prefixes failures.
+    pub async fn assert_consistent(&self, context: &str) {
+        for hex in self.blobs() {
+            let bytes = fs::read(self.root.join("blobs/sha256").join(&hex)).expect("read blob");
+            assert_eq!(
+                hex::encode(Sha256::digest(&bytes)),
+                hex,
+                "{context}: a blob does not match its name"
+            );
+        }
+        let all = ListRequest {
+            page_size: 1000,
+            ..Default::default()
+        };
+        let listed: BTreeSet<String> = listed(self, all).await.into_iter().collect();
+        assert_eq!(
+            listed,
+            self.blob_digests(),
+            "{context}: List differs from disk"
+        );
+    }
+
     /// File names in `ingest/`, sorted.
     pub fn ingest(&self) -> Vec<String> {
         names(&self.root.join("ingest"))
@@ -252,6 +293,46 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 /// `sha256:<hex>` of `bytes`.
 pub fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Serves `n` assets of `size` bytes at `/asset/SEED/I`; returns (url, bytes, digest).
+pub fn serve_assets(
+    http: &HttpServer,
+    n: usize,
+    size: usize,
+    seed: u64,
+) -> Vec<(String, Vec<u8>, String)> {
+    (0..n)
+        .map(|i| {
+            let body = random_bytes(size, seed + i as u64);
+            let url = http.route(&format!("/asset/{seed}/{i}"), Reply::Body(body.clone()));
+            let digest = digest_of(&body);
+            (url, body, digest)
+        })
+        .collect()
+}
+
+/// A fetch of `digest` from `url`, pinned for `lease` unless it is empty.
+pub fn fetch_req(url: &str, digest: &str, lease: &str) -> FetchRequest {
+    FetchRequest {
+        url: url.to_owned(),
+        digest: digest.to_owned(),
+        lease: lease.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// The digests `List` answers `req` with.
+pub async fn listed(daemon: &TestDaemon, req: ListRequest) -> Vec<String> {
+    let assets = daemon
+        .client()
+        .await
+        .list(req)
+        .await
+        .expect("List")
+        .into_inner()
+        .assets;
+    assets.into_iter().map(|a| a.digest).collect()
 }
 
 /// A digest that matches nothing the tests serve.
