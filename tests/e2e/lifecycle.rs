@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 
 use crate::common::http::{HttpServer, Reply};
 use crate::common::{
-    TestDaemon, assert_status, digest_of, fetch_req, listed, random_bytes, serve_assets,
+    Rng, TestDaemon, assert_status, digest_of, fetch_req, listed, random_bytes, serve_assets,
 };
 
 /// Fetches one of [`serve_assets`]'s assets, pinned for `lease` unless empty.
@@ -476,16 +476,10 @@ async fn kill_9_at_random_instants_never_corrupts_the_cache() {
     }
     let args = ["--max-cache-bytes", "10MiB", "--gc-interval", "50ms"];
     let mut daemon = TestDaemon::start_with(&args);
-    let mut rng = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut rng = Rng::new(200);
     for round in 0..50 {
         let mut client = daemon.client().await;
-        let pick = next(assets.len() as u64) as usize;
+        let pick = rng.below(assets.len() as u64) as usize;
         let (url, _, digest) = assets[pick].clone();
         let op = tokio::spawn(async move {
             match round % 3 {
@@ -500,7 +494,7 @@ async fn kill_9_at_random_instants_never_corrupts_the_cache() {
                 ),
             }
         });
-        tokio::time::sleep(Duration::from_millis(next(120))).await;
+        tokio::time::sleep(Duration::from_millis(rng.below(120))).await;
         daemon.kill9();
         op.abort();
         daemon.start_again(&args);

@@ -11,3 +11,4 @@ mod gcs;
 mod grpcurl;
 mod lifecycle;
 mod pipeline;
+mod seams;

@@ -1,7 +1,9 @@
 //! An HTTP/1.1 server on 127.0.0.1 for fault injection: each path has a
 //! scripted sequence of replies (request N gets reply N, the last one
-//! repeats), and the server counts requests, body bytes and hang-ups, and
-//! records each request's `Range` header.
+//! repeats), and the server counts requests (in all and per path), body
+//! bytes and hang-ups, and records each request's `Range` header. A reply
+//! can be held behind a [`Gate`] the test opens, to order events without
+//! sleeping.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 /// The strong ETag the server gives ranged objects.
 pub const ETAG: &str = "\"v1\"";
@@ -48,12 +51,51 @@ pub enum Reply {
     Endless,
     /// 302 to `location`.
     Redirect(String),
+    /// `reply`, once `gate` is open (the request is counted on arrival).
+    Held { gate: Gate, reply: Box<Reply> },
+    /// 200 without length: `after` bytes of `body`, then nothing until
+    /// `gate` opens, then the rest.
+    Paused {
+        body: Vec<u8>,
+        after: usize,
+        gate: Gate,
+    },
+}
+
+/// Holds [`Reply::Held`] and [`Reply::Paused`] replies until the test opens
+/// it; open for good after that.
+#[derive(Clone)]
+pub struct Gate(Arc<watch::Sender<bool>>);
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate(Arc::new(watch::channel(false).0))
+    }
+}
+
+impl Gate {
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn opened(&self) {
+        // The sender lives as long as `self`: this only returns once open.
+        let _ = self.0.subscribe().wait_for(|open| *open).await;
+    }
 }
 
 impl Reply {
     /// A status with no extra headers.
     pub fn status(code: u16) -> Reply {
         Reply::Status(code, Vec::new())
+    }
+
+    /// `reply` once `gate` is open.
+    pub fn held(gate: &Gate, reply: Reply) -> Reply {
+        Reply::Held {
+            gate: gate.clone(),
+            reply: Box::new(reply),
+        }
     }
 
     /// `body` at `chunk` bytes every `every_ms` milliseconds.
@@ -75,11 +117,14 @@ struct Stats {
 }
 
 type Routes = Arc<Mutex<HashMap<String, Vec<Reply>>>>;
+/// Requests so far, by path.
+type Served = Arc<Mutex<HashMap<String, usize>>>;
 
 /// The running server; stops when dropped.
 pub struct HttpServer {
     pub port: u16,
     routes: Routes,
+    served: Served,
     stats: Arc<Stats>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -89,7 +134,7 @@ impl HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let routes: Routes = Arc::default();
-        let served: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let served: Served = Arc::default();
         let stats = Arc::new(Stats::default());
         let (r, n, s) = (routes.clone(), served.clone(), stats.clone());
         let task = tokio::spawn(async move {
@@ -100,6 +145,7 @@ impl HttpServer {
         HttpServer {
             port,
             routes,
+            served,
             stats,
             task,
         }
@@ -125,6 +171,12 @@ impl HttpServer {
 
     pub fn requests(&self) -> usize {
         self.stats.requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests for `path` so far.
+    pub fn requests_to(&self, path: &str) -> usize {
+        let served = self.served.lock().expect("served");
+        served.get(path).copied().unwrap_or(0)
     }
 
     /// Body bytes written to clients so far.
@@ -156,12 +208,7 @@ struct Request {
     if_range_ok: bool,
 }
 
-async fn serve(
-    mut conn: TcpStream,
-    routes: Routes,
-    served: Arc<Mutex<HashMap<String, usize>>>,
-    stats: Arc<Stats>,
-) {
+async fn serve(mut conn: TcpStream, routes: Routes, served: Served, stats: Arc<Stats>) {
     let Some((request, range)) = read_request(&mut conn).await else {
         return;
     };
@@ -338,6 +385,18 @@ async fn send(
         Reply::Redirect(location) => {
             conn.write_all(head(302, Some(0), &[("Location", location)]).as_bytes())
                 .await?;
+        }
+        Reply::Held { gate, reply } => {
+            gate.opened().await;
+            return Box::pin(send(conn, request, *reply, stats)).await;
+        }
+        Reply::Paused { body, after, gate } => {
+            conn.write_all(head(200, None, &[]).as_bytes()).await?;
+            let (first, rest) = body.split_at(after.min(body.len()));
+            write_body(conn, first, stats).await?;
+            conn.flush().await?;
+            gate.opened().await;
+            write_body(conn, rest, stats).await?;
         }
     }
     conn.shutdown().await

@@ -276,15 +276,34 @@ fn names(dir: &Path) -> Vec<String> {
     names
 }
 
-/// `len` pseudo-random bytes (xorshift), different for each `seed`.
+/// A small pseudo-random generator (xorshift), the same sequence for the
+/// same seed: for test data and for random choices and pauses.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// `len` pseudo-random bytes, different for each `seed`.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = Rng::new(seed);
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
+        out.extend_from_slice(&rng.next_u64().to_le_bytes());
     }
     out.truncate(len);
     out
@@ -333,6 +352,15 @@ pub async fn listed(daemon: &TestDaemon, req: ListRequest) -> Vec<String> {
         .into_inner()
         .assets;
     assets.into_iter().map(|a| a.digest).collect()
+}
+
+/// Polls `done` every 10 ms until it holds; fails naming `what` after `within`.
+pub async fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A digest that matches nothing the tests serve.
