@@ -1,12 +1,22 @@
-//! The daemon's configuration: one typed value, validated once at start.
+//! The daemon's configuration: one typed tree, validated once at start.
+//!
+//! Each component takes its own section: [`ServerConfig`] the socket,
+//! [`StoreConfig`] the root, [`CacheConfig`] eviction and leases,
+//! [`FetchConfig`] transfers and limits, [`SourcesConfig`] what sources may
+//! read. The tree is serde-derived with `deny_unknown_fields`, so a file
+//! can be loaded into it; command-line flags are overrides on top of it.
+//! Sizes are written as bytes or with a binary unit (`"8GiB"`), durations
+//! with a unit (`"30s"`).
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 /// The default size limit: 8 GiB, above any kernel or rootfs image we serve
 /// and below what would fill an ordinary node's disk by mistake.
 pub const DEFAULT_MAX_SIZE: u64 = 8 << 30;
-
 /// Transfers at once: enough to keep a node's link busy, few enough that
 /// each gets a useful share of it.
 pub const DEFAULT_MAX_TRANSFERS: usize = 8;
@@ -15,43 +25,173 @@ pub const DEFAULT_MAX_TRANSFERS: usize = 8;
 pub const DEFAULT_MAX_PER_HOST: usize = 4;
 /// Tries per URL (the count starts over whenever a try made progress).
 pub const DEFAULT_ATTEMPTS: u32 = 5;
+/// No bytes for this long is a failure: long enough for a slow CDN's first
+/// byte, short enough to notice a dead link.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Free space kept on the store's file system for logs and the node's other
+/// work: 512 MiB.
+pub const DEFAULT_RESERVE_FREE: u64 = 512 << 20;
+/// Time between garbage collections.
+pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a path handed out without a lease is safe from eviction (unless
+/// the free-space floor is at stake): long enough for a runtime to open the
+/// file it was given, short enough not to pin a full cache.
+pub const DEFAULT_UNLEASED_GRACE: Duration = Duration::from_secs(60);
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
 /// What the daemon runs with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The store's folder (`blobs/`, `ingest/`).
-    pub root: PathBuf,
-    /// The unix socket the gRPC API is served on.
+    /// The gRPC edge.
+    pub server: ServerConfig,
+    /// The on-disk store.
+    pub store: StoreConfig,
+    /// Eviction, leases and garbage collection.
+    pub cache: CacheConfig,
+    /// Transfers: limits, retries, slots.
+    pub fetch: FetchConfig,
+    /// What the sources may read and how they authenticate.
+    pub sources: SourcesConfig,
+}
+
+/// The gRPC edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The unix socket the API is served on.
     pub socket: PathBuf,
-    /// Folders `file://` URLs may read from; empty disables `file://`.
-    pub file_roots: Vec<PathBuf>,
-    /// The largest asset accepted, in bytes.
-    pub max_size: u64,
-    /// A GCS emulator (`host:port` or URL) to use instead of GCS, without
-    /// credentials; from `STORAGE_EMULATOR_HOST` by default.
-    pub gcs_emulator: Option<String>,
-    /// Read `gs://` without credentials (public buckets only).
-    pub gcs_anonymous: bool,
-    /// Transfers running at once; the rest wait in order.
-    pub max_transfers: usize,
-    /// Transfers running at once against one host.
-    pub max_per_host: usize,
-    /// Tries per URL before moving to the next mirror.
-    pub attempts: u32,
-    /// No bytes for this long counts as a failure.
-    pub stall_timeout: Duration,
-    /// Free space to keep on the store's file system, in bytes.
-    pub reserve_free: u64,
-    /// Most bytes of cached assets; `None` for no cap.
-    pub max_cache_bytes: Option<u64>,
+}
+
+/// The on-disk store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The store's folder (`blobs/`, `ingest/`, `meta.redb`).
+    pub root: PathBuf,
+}
+
+/// Eviction, leases and garbage collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Most bytes of cached assets; 0 for no cap.
+    pub max_cache_bytes: ByteSize,
     /// Free space eviction keeps on the file system.
     pub min_free: MinFree,
     /// Time between the daemon's own garbage collections.
-    pub gc_interval: Duration,
+    pub gc_interval: Seconds,
+    /// How long a path handed out without a lease is kept from eviction,
+    /// unless the free-space floor is at stake.
+    pub unleased_grace: Seconds,
 }
+
+/// Transfers: limits, retries, slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchConfig {
+    /// The largest asset accepted; requests may only lower it.
+    pub max_size: ByteSize,
+    /// Transfers running at once; the rest wait in arrival order.
+    pub max_transfers: usize,
+    /// Transfers running at once against one host (or bucket).
+    pub max_per_host: usize,
+    /// Tries per URL before moving to the next mirror.
+    pub attempts: u32,
+    /// No bytes for this long counts as a failure (and is retried).
+    pub stall_timeout: Seconds,
+    /// Free space to keep on the store's file system.
+    pub reserve_free: ByteSize,
+}
+
+/// What the sources may read and how they authenticate.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcesConfig {
+    /// Folders `file://` URLs may read from; empty disables `file://`.
+    pub file_roots: Vec<PathBuf>,
+    /// A GCS emulator (`host:port` or URL) to use instead of GCS, without
+    /// credentials.
+    pub gcs_emulator: Option<String>,
+    /// Read `gs://` without credentials (public buckets only).
+    pub gcs_anonymous: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        let (root, socket) = default_paths();
+        Config {
+            server: ServerConfig { socket },
+            store: StoreConfig { root },
+            cache: CacheConfig::default(),
+            fetch: FetchConfig::default(),
+            sources: SourcesConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            socket: default_paths().1,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            root: default_paths().0,
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> CacheConfig {
+        CacheConfig {
+            max_cache_bytes: ByteSize(0),
+            min_free: MinFree::None,
+            gc_interval: Seconds(DEFAULT_GC_INTERVAL),
+            unleased_grace: Seconds(DEFAULT_UNLEASED_GRACE),
+        }
+    }
+}
+
+impl Default for FetchConfig {
+    fn default() -> FetchConfig {
+        FetchConfig {
+            max_size: ByteSize(DEFAULT_MAX_SIZE),
+            max_transfers: DEFAULT_MAX_TRANSFERS,
+            max_per_host: DEFAULT_MAX_PER_HOST,
+            attempts: DEFAULT_ATTEMPTS,
+            stall_timeout: Seconds(DEFAULT_STALL_TIMEOUT),
+            reserve_free: ByteSize(DEFAULT_RESERVE_FREE),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The cache's cap in bytes, if any.
+    pub fn max_bytes(&self) -> Option<u64> {
+        (self.max_cache_bytes.0 > 0).then_some(self.max_cache_bytes.0)
+    }
+
+    /// Whether eviction has anything to enforce.
+    pub fn evicts(&self) -> bool {
+        self.max_bytes().is_some() || self.min_free != MinFree::None
+    }
+}
+
+/// A byte count: bytes, or a string with a binary unit (`"8GiB"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct ByteSize(pub u64);
+
+/// A duration: a string with a unit (`"30s"`, `"500ms"`, `"2m"`) or a
+/// number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Seconds(pub Duration);
 
 /// Free space to keep: bytes, or a share of the file system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,6 +204,110 @@ pub enum MinFree {
     /// This percentage of the file system.
     Percent(u8),
 }
+
+impl std::str::FromStr for ByteSize {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<ByteSize, ConfigError> {
+        parse_size(s).map(ByteSize)
+    }
+}
+
+impl std::str::FromStr for Seconds {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Seconds, ConfigError> {
+        parse_duration(s).map(Seconds)
+    }
+}
+
+impl std::str::FromStr for MinFree {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<MinFree, ConfigError> {
+        parse_min_free(s)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if n != 0 && n.is_multiple_of(1 << shift) {
+                return write!(f, "{}{unit}", n >> shift);
+            }
+        }
+        write!(f, "{n}")
+    }
+}
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl fmt::Display for MinFree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MinFree::None => write!(f, "0"),
+            MinFree::Bytes(n) => ByteSize(*n).fmt(f),
+            MinFree::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// Serializes as its display text; deserializes from that text or, for
+/// bytes and seconds, a plain number.
+macro_rules! text_serde {
+    ($ty:ty, $expecting:literal, $from_u64:expr) => {
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                struct Visit;
+                impl serde::de::Visitor<'_> for Visit {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
+                        v.parse().map_err(E::custom)
+                    }
+                    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<$ty, E> {
+                        Ok($from_u64(v))
+                    }
+                    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<$ty, E> {
+                        u64::try_from(v)
+                            .map($from_u64)
+                            .map_err(|_| E::custom(format!("{v} is negative")))
+                    }
+                }
+                d.deserialize_any(Visit)
+            }
+        }
+    };
+}
+
+text_serde!(ByteSize, "bytes, or a size such as \"8GiB\"", ByteSize);
+text_serde!(Seconds, "seconds, or a duration such as \"30s\"", |v| {
+    Seconds(Duration::from_secs(v))
+});
+text_serde!(
+    MinFree,
+    "bytes, a size such as \"2GiB\" or a share such as \"10%\"",
+    |v| if v == 0 {
+        MinFree::None
+    } else {
+        MinFree::Bytes(v)
+    }
+);
 
 /// Parses `--min-free`: bytes as for [`parse_size`], or a percentage (`10%`).
 pub fn parse_min_free(value: &str) -> Result<MinFree, ConfigError> {
@@ -162,40 +406,44 @@ pub fn default_paths() -> (PathBuf, PathBuf) {
 }
 
 impl Config {
-    /// Checks the values and resolves the file roots to canonical paths, so
-    /// later containment checks compare like with like.
+    /// Checks the values and resolves paths: the root and socket made
+    /// absolute (paths handed to clients must be, whatever the working
+    /// folder), the file roots canonical (so containment checks compare like
+    /// with like).
     pub fn validate(mut self) -> Result<Config, ConfigError> {
-        // Paths handed to clients must be absolute, whatever the working folder.
-        self.root = absolute(&self.root)?;
-        self.socket = absolute(&self.socket)?;
-        if self.max_size == 0 {
+        self.store.root = absolute(&self.store.root)?;
+        self.server.socket = absolute(&self.server.socket)?;
+        if self.fetch.max_size.0 == 0 {
             return Err(ConfigError::ZeroMaxSize);
         }
         for (what, d) in [
-            ("gc interval", self.gc_interval),
-            ("stall timeout", self.stall_timeout),
+            ("cache.gc_interval", self.cache.gc_interval),
+            ("fetch.stall_timeout", self.fetch.stall_timeout),
         ] {
-            if d.is_zero() {
+            if d.0.is_zero() {
                 return Err(ConfigError::Zero { what });
             }
         }
         for (what, n) in [
-            ("max transfers", self.max_transfers),
-            ("max per host", self.max_per_host),
-            ("attempts", self.attempts as usize),
+            ("fetch.max_transfers", self.fetch.max_transfers),
+            ("fetch.max_per_host", self.fetch.max_per_host),
+            ("fetch.attempts", self.fetch.attempts as usize),
         ] {
             if n == 0 {
                 return Err(ConfigError::Zero { what });
             }
         }
-        let len = self.socket.as_os_str().len();
+        let socket = &self.server.socket;
+        let len = socket.as_os_str().len();
         if len > MAX_SOCKET_PATH {
             return Err(ConfigError::SocketPathTooLong {
-                path: self.socket,
+                path: socket.clone(),
                 len,
             });
         }
-        self.file_roots = self
+        self.sources.gcs_emulator = self.sources.gcs_emulator.filter(|h| !h.is_empty());
+        self.sources.file_roots = self
+            .sources
             .file_roots
             .iter()
             .map(|p| canonical_dir(p))
@@ -318,35 +566,67 @@ mod tests {
 
     #[test]
     fn validate_refuses_missing_file_root_and_long_socket() {
-        let config = Config {
-            root: "/tmp/x".into(),
-            socket: "/tmp/x.sock".into(),
-            file_roots: vec!["/nonexistent/assetd-root".into()],
-            max_size: 1,
-            gcs_emulator: None,
-            gcs_anonymous: false,
-            max_transfers: 1,
-            max_per_host: 1,
-            attempts: 1,
-            stall_timeout: Duration::from_secs(30),
-            reserve_free: 0,
-            max_cache_bytes: None,
-            min_free: MinFree::None,
-            gc_interval: Duration::from_secs(60),
-        };
+        let mut config = Config::default();
+        config.sources.file_roots = vec!["/nonexistent/assetd-root".into()];
         let err = config.clone().validate().unwrap_err();
         assert!(
             err.to_string().contains("/nonexistent/assetd-root"),
             "{err}"
         );
-        let long = Config {
-            socket: PathBuf::from(format!("/tmp/{}", "s".repeat(120))),
-            file_roots: vec![],
-            ..config
-        };
+        let mut long = config;
+        long.sources.file_roots.clear();
+        long.server.socket = PathBuf::from(format!("/tmp/{}", "s".repeat(120)));
         assert!(matches!(
             long.validate(),
             Err(ConfigError::SocketPathTooLong { .. })
         ));
+    }
+
+    #[test]
+    fn tree_loads_sections_with_units_and_refuses_unknown_keys() {
+        let text = r#"
+            [cache]
+            max_cache_bytes = "10GiB"
+            min_free = "5%"
+            unleased_grace = "90s"
+            [fetch]
+            max_size = 1048576
+            stall_timeout = "500ms"
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        assert_eq!(config.cache.max_bytes(), Some(10 << 30));
+        assert_eq!(config.cache.min_free, MinFree::Percent(5));
+        assert_eq!(config.cache.unleased_grace.0, Duration::from_secs(90));
+        assert_eq!(config.fetch.max_size.0, 1 << 20);
+        assert_eq!(config.fetch.stall_timeout.0, Duration::from_millis(500));
+        assert_eq!(
+            config.fetch.attempts, DEFAULT_ATTEMPTS,
+            "defaults fill the rest"
+        );
+        let err = toml::from_str::<Config>(
+            "[fetch]
+max_sise = 1
+",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("max_sise"), "{err}");
+        let err = toml::from_str::<Config>(
+            "[fetch]
+max_size = \"lots\"
+",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("\"lots\""), "{err}");
+    }
+
+    #[test]
+    fn tree_round_trips_through_toml() {
+        let mut config = Config::default();
+        config.cache.max_cache_bytes = ByteSize(3 << 30);
+        config.cache.min_free = MinFree::Bytes(12345);
+        config.fetch.stall_timeout = Seconds(Duration::from_millis(1500));
+        let text = toml::to_string(&config).unwrap();
+        assert!(text.contains("max_cache_bytes = \"3GiB\""), "{text}");
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
     }
 }

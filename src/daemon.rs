@@ -1,14 +1,23 @@
 //! The daemon: opens the store, builds the fetcher, serves until shutdown.
+//!
+//! Shutdown, in order: health flips to `NOT_SERVING` and the socket stops
+//! taking connections; calls in flight get a bounded grace; then every task
+//! the fetch layer started (transfers, prewarms, upkeep) is told to stop and
+//! waited for, last-use times are flushed, temp files are removed, and the
+//! socket file goes (on every exit path: [`Listener`] removes it on drop).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::{Config, MinFree};
-use crate::fetch::{FetchOptions, Fetcher};
-use crate::server::{self, ServerError};
+use crate::config::Config;
+use crate::fetch::{Fetcher, Lifetime};
+use crate::server::{self, Listener, ServerError};
 use crate::source::{SourceError, Sources};
-use crate::store::EvictPolicy;
 use crate::store::{Store, StoreError};
+
+/// How long stopped tasks get to finish (a transfer removing its temp file,
+/// the last flush) before the daemon exits anyway.
+const TASK_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -24,79 +33,53 @@ pub enum DaemonError {
     Server(ServerError),
 }
 
-/// Runs the daemon with `config` until `shutdown` completes. Tests pass their
-/// own shutdown future; the binary passes SIGINT/SIGTERM.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    // The socket first: a second daemon is refused before it touches a root.
-    let listener = server::bind(&config.socket).map_err(DaemonError::Server)?;
-    let fetcher = match fetcher(&config) {
-        Ok(fetcher) => fetcher,
-        Err(e) => {
-            server::unbind(&config.socket);
-            return Err(e);
-        }
-    };
-    let gc = tokio::spawn(collect_garbage(fetcher.clone(), config.gc_interval));
-    let served = server::serve(fetcher, listener, &config.socket, shutdown).await;
-    gc.abort();
+/// Runs the daemon with `config` on an already-bound `listener` until
+/// `shutdown` completes. Tests and the binary pass their own shutdown future
+/// (the binary: SIGINT/SIGTERM); systemd will pass its listener.
+pub async fn run(
+    listener: Listener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let lifetime = Lifetime::default();
+    let fetcher = fetcher(&config, lifetime.clone())?;
+    let upkeep = fetcher.clone();
+    lifetime.tracker.spawn(async move { upkeep.upkeep().await });
+    let served = server::serve(fetcher.clone(), listener, shutdown).await;
+    lifetime.token.cancel();
+    lifetime.tracker.close();
+    if tokio::time::timeout(TASK_GRACE, lifetime.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?TASK_GRACE, "tasks still running; stopping anyway");
+    }
+    fetcher.close().await;
+    tracing::info!("stopped");
     served.map_err(DaemonError::Server)
 }
 
-/// Every `interval`: drops lapsed leases and evicts what no longer fits.
-async fn collect_garbage(fetcher: Arc<Fetcher>, interval: std::time::Duration) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        match fetcher.gc(false).await {
-            Ok(report) if !report.evicted.is_empty() || report.lapsed_pins > 0 => {
-                let bytes: u64 = report.evicted.iter().map(|b| b.size).sum();
-                tracing::info!(
-                    evicted = report.evicted.len(),
-                    bytes,
-                    lapsed_pins = report.lapsed_pins,
-                    "gc"
-                );
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "gc failed"),
-        }
-    }
-}
-
-fn fetcher(config: &Config) -> Result<Arc<Fetcher>, DaemonError> {
-    let store = Store::open(&config.root).map_err(DaemonError::Store)?;
+fn fetcher(config: &Config, lifetime: Lifetime) -> Result<Fetcher, DaemonError> {
+    let store = Store::open(&config.store.root).map_err(DaemonError::Store)?;
+    let sources = &config.sources;
     let sources = Sources::new(
-        config.file_roots.clone(),
-        config.gcs_emulator.as_deref(),
-        config.gcs_anonymous,
+        sources.file_roots.clone(),
+        sources.gcs_emulator.as_deref(),
+        sources.gcs_anonymous,
     )
     .map_err(DaemonError::Sources)?;
     tracing::info!(
-        root = %config.root.display(),
-        max_size = config.max_size,
-        file_roots = ?config.file_roots,
-        gcs_emulator = config.gcs_emulator.as_deref().unwrap_or("none"),
+        root = %config.store.root.display(),
+        max_size = config.fetch.max_size.0,
+        file_roots = ?config.sources.file_roots,
+        gcs_emulator = config.sources.gcs_emulator.as_deref().unwrap_or("none"),
         "store open"
     );
-    let options = FetchOptions {
-        max_size: config.max_size,
-        max_transfers: config.max_transfers,
-        max_per_host: config.max_per_host,
-        attempts: config.attempts,
-        stall_timeout: config.stall_timeout,
-        reserve_free: config.reserve_free,
-        evict: EvictPolicy {
-            max_bytes: config.max_cache_bytes,
-            min_free_bytes: match config.min_free {
-                MinFree::Bytes(n) => n,
-                _ => 0,
-            },
-            min_free_percent: match config.min_free {
-                MinFree::Percent(p) => p,
-                _ => 0,
-            },
-        },
-    };
-    Ok(Arc::new(Fetcher::new(Arc::new(store), sources, options)))
+    Ok(Fetcher::new(
+        store,
+        sources,
+        config.fetch,
+        config.cache,
+        lifetime,
+    ))
 }

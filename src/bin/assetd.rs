@@ -5,11 +5,14 @@ use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use assetd::config::{self, Config};
+use assetd::config::{ByteSize, Config, MinFree, Seconds};
+use assetd::server::Listener;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Node-local fetcher of verified assets into a content-addressed cache.
+///
+/// Every flag overrides the built-in default (and, later, the config file).
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -23,9 +26,9 @@ struct Args {
     /// A folder file:// URLs may read from (repeatable); none disables file://
     #[arg(long = "file-root", value_name = "DIR")]
     file_roots: Vec<PathBuf>,
-    /// Largest asset accepted, in bytes or with a unit (512MiB, 8GiB)
-    #[arg(long, default_value = "8GiB", value_parser = config::parse_size)]
-    max_size: u64,
+    /// Largest asset accepted, in bytes or with a unit (512MiB, 8GiB) [default: 8GiB]
+    #[arg(long)]
+    max_size: Option<ByteSize>,
     /// Read gs:// without credentials (public buckets); otherwise Application
     /// Default Credentials
     #[arg(long)]
@@ -33,34 +36,71 @@ struct Args {
     /// A GCS emulator (host:port or URL) to read gs:// from, without credentials
     #[arg(long, value_name = "HOST", env = "STORAGE_EMULATOR_HOST")]
     gcs_emulator: Option<String>,
-    /// Transfers running at once; the rest wait in order
-    #[arg(long, default_value_t = config::DEFAULT_MAX_TRANSFERS)]
-    max_transfers: usize,
-    /// Transfers running at once against one host
-    #[arg(long, default_value_t = config::DEFAULT_MAX_PER_HOST)]
-    max_per_host: usize,
-    /// Tries per URL before the next mirror (starts over after progress)
-    #[arg(long, default_value_t = config::DEFAULT_ATTEMPTS)]
-    attempts: u32,
-    /// No bytes for this long is a failure, retried (500ms, 30s, 2m): long
-    /// enough for a slow CDN's first byte, short enough to notice a dead link
-    #[arg(long, default_value = "30s", value_parser = config::parse_duration)]
-    stall_timeout: std::time::Duration,
+    /// Transfers running at once; the rest wait in order [default: 8]
+    #[arg(long)]
+    max_transfers: Option<usize>,
+    /// Transfers running at once against one host [default: 4]
+    #[arg(long)]
+    max_per_host: Option<usize>,
+    /// Tries per URL before the next mirror (starts over after progress) [default: 5]
+    #[arg(long)]
+    attempts: Option<u32>,
+    /// No bytes for this long is a failure, retried (500ms, 30s, 2m) [default: 30s]
+    #[arg(long)]
+    stall_timeout: Option<Seconds>,
     /// Most bytes of cached assets; least recently used unleased ones are
-    /// evicted past it (0: no cap)
-    #[arg(long, default_value = "0", value_parser = config::parse_size)]
-    max_cache_bytes: u64,
+    /// evicted past it (0: no cap) [default: 0]
+    #[arg(long)]
+    max_cache_bytes: Option<ByteSize>,
     /// Free space eviction keeps on the file system: bytes or a percentage
-    /// (10%); 0 for none
-    #[arg(long, default_value = "0", value_parser = config::parse_min_free)]
-    min_free: config::MinFree,
-    /// Time between garbage collections (lapsed leases, eviction)
-    #[arg(long, default_value = "60s", value_parser = config::parse_duration)]
-    gc_interval: std::time::Duration,
+    /// (10%); 0 for none [default: 0]
+    #[arg(long)]
+    min_free: Option<MinFree>,
+    /// Time between garbage collections (lapsed leases, eviction) [default: 60s]
+    #[arg(long)]
+    gc_interval: Option<Seconds>,
+    /// How long a path handed out without a lease is kept from eviction,
+    /// unless the free-space floor is at stake (0 for none) [default: 60s]
+    #[arg(long)]
+    unleased_grace: Option<Seconds>,
     /// Free space to keep on the store's file system, for logs and the node's
-    /// other work
-    #[arg(long, default_value = "512MiB", value_parser = config::parse_size)]
-    reserve_free: u64,
+    /// other work [default: 512MiB]
+    #[arg(long)]
+    reserve_free: Option<ByteSize>,
+}
+
+impl Args {
+    /// `config` with every flag given put over it.
+    fn apply(self, mut config: Config) -> Config {
+        fn set<T>(slot: &mut T, value: Option<T>) {
+            if let Some(v) = value {
+                *slot = v;
+            }
+        }
+        set(&mut config.store.root, self.root);
+        set(&mut config.server.socket, self.socket);
+        if !self.file_roots.is_empty() {
+            config.sources.file_roots = self.file_roots;
+        }
+        set(
+            &mut config.sources.gcs_emulator,
+            self.gcs_emulator.map(Some),
+        );
+        config.sources.gcs_anonymous |= self.gcs_anonymous;
+        let fetch = &mut config.fetch;
+        set(&mut fetch.max_size, self.max_size);
+        set(&mut fetch.max_transfers, self.max_transfers);
+        set(&mut fetch.max_per_host, self.max_per_host);
+        set(&mut fetch.attempts, self.attempts);
+        set(&mut fetch.stall_timeout, self.stall_timeout);
+        set(&mut fetch.reserve_free, self.reserve_free);
+        let cache = &mut config.cache;
+        set(&mut cache.max_cache_bytes, self.max_cache_bytes);
+        set(&mut cache.min_free, self.min_free);
+        set(&mut cache.gc_interval, self.gc_interval);
+        set(&mut cache.unleased_grace, self.unleased_grace);
+        config
+    }
 }
 
 fn main() -> ExitCode {
@@ -72,24 +112,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let args = Args::parse();
-    let (default_root, default_socket) = config::default_paths();
-    let config = Config {
-        root: args.root.unwrap_or(default_root),
-        socket: args.socket.unwrap_or(default_socket),
-        file_roots: args.file_roots,
-        max_size: args.max_size,
-        gcs_emulator: args.gcs_emulator.filter(|h| !h.is_empty()),
-        gcs_anonymous: args.gcs_anonymous,
-        max_transfers: args.max_transfers,
-        max_per_host: args.max_per_host,
-        attempts: args.attempts,
-        stall_timeout: args.stall_timeout,
-        reserve_free: args.reserve_free,
-        max_cache_bytes: (args.max_cache_bytes > 0).then_some(args.max_cache_bytes),
-        min_free: args.min_free,
-        gc_interval: args.gc_interval,
-    };
+    let config = Args::parse().apply(Config::default());
     let config = match config.validate() {
         Ok(c) => c,
         Err(e) => {
@@ -106,7 +129,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal().map_err(|e| format!("installing signal handlers: {e}"))?;
-        assetd::daemon::run(config, shutdown)
+        // The socket first: a second daemon is refused before it touches a
+        // root.
+        let listener = Listener::bind(&config.server.socket).map_err(|e| e.to_string())?;
+        assetd::daemon::run(listener, config, shutdown)
             .await
             .map_err(|e| e.to_string())
     });

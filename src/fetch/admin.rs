@@ -1,11 +1,13 @@
-//! The cache's upkeep, for admins and the daemon's timer: leases, garbage
-//! collection and verification. Disk work runs on blocking threads.
+//! The cache's upkeep, for admins and the daemon's timer: listing, deletes,
+//! leases, garbage collection, verification and the flush of last-use
+//! times. Disk and redb work runs on the blocking pool.
 
-use std::sync::Arc;
+use std::time::Duration;
 
-use super::{FetchError, Fetcher, Shared};
+use super::{FetchError, Fetcher, Inner};
+use crate::config::MinFree;
 use crate::digest::Digest;
-use crate::store::{Blob, Corrupt, Store, StoreError};
+use crate::store::{AssetInfo, Blob, Corrupt, EvictPolicy, ListQuery};
 
 /// What a garbage collection did (or would do).
 #[derive(Debug, Clone)]
@@ -25,18 +27,56 @@ pub struct VerifyReport {
     pub corrupt: Vec<Corrupt>,
 }
 
+/// Time between flushes of last-use times to `meta.redb`: what a crash may
+/// lose of the LRU order, and never data.
+const FLUSH_EVERY: Duration = Duration::from_secs(5);
+
+impl Inner {
+    /// Eviction as the cache's configuration sets it.
+    pub(super) fn evict_policy(&self) -> EvictPolicy {
+        let (min_free_bytes, min_free_percent) = match self.cache.min_free {
+            MinFree::None => (0, 0),
+            MinFree::Bytes(n) => (n, 0),
+            MinFree::Percent(p) => (0, p),
+        };
+        EvictPolicy {
+            max_bytes: self.cache.max_bytes(),
+            min_free_bytes,
+            min_free_percent,
+            grace: self.cache.unleased_grace.0,
+        }
+    }
+}
+
 impl Fetcher {
+    /// Assets matching `query`, in digest order. Memory only.
+    pub fn list(&self, query: &ListQuery) -> Vec<AssetInfo> {
+        self.inner.store.list(query)
+    }
+
+    /// Deletes a cached asset, returning its size. Errors:
+    /// [`StoreError::NotCached`], [`StoreError::Leased`] unless `force`, and
+    /// [`FetchError::InProgress`] while a transfer of it runs.
+    pub async fn delete(&self, digest: Digest, force: bool) -> Result<u64, FetchError> {
+        if self.inner.flights.is_running(&digest) {
+            return Err(FetchError::InProgress { digest });
+        }
+        self.blocking(move |store| store.delete(&digest, force))
+            .await
+    }
+
     /// Drops every pin of `lease`; returns how many assets it held.
     pub async fn release(&self, lease: String) -> Result<usize, FetchError> {
         self.blocking(move |store| store.release(&lease)).await
     }
 
     /// Drops lapsed pins, then evicts until the cache is within its limits
-    /// (never leased assets, never ones being fetched). With `dry_run`,
-    /// only reports what would go.
+    /// (never leased assets, never ones being fetched, not ones handed out
+    /// within the grace unless free space is short). With `dry_run`, only
+    /// reports what would go.
     pub async fn gc(&self, dry_run: bool) -> Result<GcReport, FetchError> {
-        let keep = self.flights.running();
-        let policy = self.shared.options.evict;
+        let keep = self.inner.flights.running();
+        let policy = self.inner.evict_policy();
         self.blocking(move |store| {
             let lapsed_pins = if dry_run { 0 } else { store.sweep_lapsed()? };
             let evicted = store.evict(&policy, &keep, dry_run)?;
@@ -53,7 +93,7 @@ impl Fetcher {
         self.blocking(move |store| {
             let digests = match digest {
                 Some(d) => vec![d],
-                None => store.digests()?,
+                None => store.digests(),
             };
             let mut corrupt = Vec::new();
             for digest in &digests {
@@ -67,15 +107,60 @@ impl Fetcher {
         .await
     }
 
-    /// Runs `f` on the store on a blocking thread.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, FetchError> {
-        let shared: Arc<Shared> = self.shared.clone();
-        tokio::task::spawn_blocking(move || f(&shared.store))
-            .await
-            .map_err(|_| FetchError::Panicked { what: "store" })?
-            .map_err(FetchError::Store)
+    /// Writes last-use times noted since the last flush; returns how many.
+    pub async fn flush_uses(&self) -> Result<usize, FetchError> {
+        self.blocking(|store| store.flush_uses()).await
+    }
+
+    /// How many assets and bytes are cached. Memory only.
+    pub fn totals(&self) -> (usize, u64) {
+        self.inner.store.totals()
+    }
+
+    /// The daemon's upkeep until shutdown: last-use times flushed every few
+    /// seconds, garbage collected every `gc_interval`, and a last flush at
+    /// the end. Each failure is logged here, where it is handled.
+    pub async fn upkeep(&self) {
+        let token = self.inner.lifetime.token.clone();
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        let mut gc = tokio::time::interval(self.inner.cache.gc_interval.0);
+        for tick in [&mut flush, &mut gc] {
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        loop {
+            tokio::select! {
+                () = token.cancelled() => break,
+                _ = flush.tick() => self.log_flush().await,
+                _ = gc.tick() => match self.gc(false).await {
+                    Ok(report) if !report.evicted.is_empty() || report.lapsed_pins > 0 => {
+                        let bytes: u64 = report.evicted.iter().map(|b| b.size).sum();
+                        tracing::info!(
+                            evicted = report.evicted.len(),
+                            bytes,
+                            lapsed_pins = report.lapsed_pins,
+                            "gc"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "gc failed"),
+                },
+            }
+        }
+        self.log_flush().await;
+    }
+
+    /// After shutdown: the last last-use times, and every temp file left by
+    /// transfers that were stopped. Failures are logged.
+    pub async fn close(&self) {
+        self.log_flush().await;
+        if let Err(e) = self.blocking(|store| store.sweep_ingest()).await {
+            tracing::warn!(error = %e, "removing temp files failed; the next start removes them");
+        }
+    }
+
+    async fn log_flush(&self) {
+        if let Err(e) = self.flush_uses().await {
+            tracing::warn!(error = %e, "recording last uses failed; retried at the next flush");
+        }
     }
 }

@@ -1,17 +1,32 @@
-//! Single flight: at most one transfer per digest, shared by its callers.
+//! Single flight: at most one transfer per digest, shared fairly by its
+//! callers.
 //!
-//! The registry holds weak references, so a transfer lives exactly as long
-//! as some caller holds its [`Flight`]; dropping the last one aborts the task
-//! (and with it the ingest, which removes its temp file).
+//! Each caller takes a [`Seat`] on the digest's [`Flight`]. The flight's
+//! [`Terms`] are the union of its live callers' requests: their URLs in the
+//! order they arrived (a joiner's are tried after the ones before them), the
+//! most permissive size limit among them, and an expected size only when
+//! every live caller gave the same one. The transfer reads the terms as it
+//! goes, so a joiner's URL or larger limit counts from the moment it joins,
+//! and a caller that leaves stops counting. A transfer that has run out of
+//! URLs closes its terms under the same lock a joiner takes, so a joiner
+//! either gets its URLs tried or starts a flight of its own: no caller is
+//! failed by a URL it did not give.
+//!
+//! The registry holds weak references: a transfer lives exactly as long as
+//! some caller holds a seat; dropping the last one aborts the task (and with
+//! it the ingest, which removes its temp file). The registry's lock is held
+//! for map updates only, never across I/O.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use super::{FetchError, Progress};
 use crate::digest::Digest;
+use crate::source::SourceUrl;
 use crate::store::Blob;
 
 /// A transfer's state, as its callers see it.
@@ -22,28 +37,91 @@ pub(super) struct State {
     pub outcome: Option<Result<Blob, Arc<FetchError>>>,
 }
 
-/// One running transfer.
-pub(super) struct Flight {
-    id: u64,
-    digest: Digest,
-    task: AbortHandle,
-    state: watch::Receiver<State>,
+/// One caller's part of the terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct CallerTerms {
+    /// The size the caller expects, if it said.
+    pub size: Option<u64>,
+    /// The most bytes the caller accepts.
+    pub limit: u64,
 }
 
-impl Flight {
-    pub(super) fn new(
-        id: u64,
-        digest: Digest,
-        task: AbortHandle,
-        state: watch::Receiver<State>,
-    ) -> Flight {
-        Flight {
-            id,
-            digest,
-            task,
-            state,
-        }
+/// What a shared transfer runs under: the union of its live callers'
+/// requests.
+#[derive(Debug, Default)]
+pub(super) struct Terms {
+    urls: Vec<SourceUrl>,
+    callers: HashMap<u64, CallerTerms>,
+    /// No more URLs will be taken: the transfer has tried them all (or
+    /// ended), so a later caller must start a flight of its own.
+    closed: bool,
+    /// Counts joins, so the transfer can tell whether its callers changed.
+    generation: u64,
+}
+
+impl Terms {
+    /// The most permissive limit among the live callers (0 with none: the
+    /// transfer is being cancelled then).
+    pub fn limit(&self) -> u64 {
+        self.callers.values().map(|c| c.limit).max().unwrap_or(0)
     }
+
+    /// The size every live caller expects, if they all gave the same one.
+    pub fn size(&self) -> Option<u64> {
+        let mut sizes = self.callers.values().map(|c| c.size);
+        let first = sizes.next()??;
+        sizes.all(|s| s == Some(first)).then_some(first)
+    }
+
+    /// URL number `i`, or `None` when there is none: then the terms close.
+    pub fn url(&mut self, i: usize) -> Option<SourceUrl> {
+        let url = self.urls.get(i).cloned();
+        if url.is_none() {
+            self.closed = true;
+        }
+        url
+    }
+
+    /// Changes with every caller that joins.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Takes callers again: the transfer goes around its URLs once more for
+    /// callers who joined after a failure that depended on the terms.
+    pub fn reopen(&mut self) {
+        self.closed = false;
+    }
+
+    /// Takes no more callers: the transfer has ended.
+    pub fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// Adds a caller and the URLs it brings that are not there yet; false
+    /// when closed.
+    fn join(&mut self, id: u64, terms: CallerTerms, urls: &[SourceUrl]) -> bool {
+        if self.closed {
+            return false;
+        }
+        self.callers.insert(id, terms);
+        self.generation += 1;
+        for url in urls {
+            if !self.urls.contains(url) {
+                self.urls.push(url.clone());
+            }
+        }
+        true
+    }
+}
+
+/// One running transfer.
+pub(super) struct Flight {
+    digest: Digest,
+    id: u64,
+    task: OnceLock<AbortHandle>,
+    state: watch::Receiver<State>,
+    terms: Arc<Mutex<Terms>>,
 }
 
 impl Drop for Flight {
@@ -51,86 +129,246 @@ impl Drop for Flight {
         if self.state.borrow().outcome.is_none() {
             tracing::info!(digest = %self.digest, "transfer cancelled: every caller left");
         }
-        self.task.abort();
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
     }
 }
 
-/// A flight joined or started, or the cached blob that made one needless.
-pub(super) type Joined = Result<(Arc<Flight>, watch::Receiver<State>), Blob>;
+/// A caller's place in a flight. Dropping it leaves: the caller's terms stop
+/// counting, and the last seat to go cancels the transfer.
+pub(super) struct Seat {
+    flight: Arc<Flight>,
+    caller: u64,
+}
+
+impl Seat {
+    /// The flight's state, to watch.
+    pub fn state(&self) -> watch::Receiver<State> {
+        self.flight.state.clone()
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        lock(&self.flight.terms).callers.remove(&self.caller);
+    }
+}
+
+/// What a new flight needs to start its transfer.
+pub(super) struct Launch {
+    pub digest: Digest,
+    pub id: u64,
+    pub terms: Arc<Mutex<Terms>>,
+    pub state: watch::Sender<State>,
+}
 
 /// The running transfers, by digest.
 #[derive(Default)]
 pub(super) struct Flights {
-    /// A std mutex: held only for map updates and a `stat`, never across an
-    /// await.
     map: Mutex<HashMap<Digest, Weak<Flight>>>,
-    next_id: std::sync::atomic::AtomicU64,
+    next_id: AtomicU64,
+}
+
+/// How a caller got its seat.
+pub(super) enum Joined {
+    /// The digest turned out to be cached (committed since the caller looked).
+    Cached(Blob),
+    /// A seat on a running or new flight.
+    Seat(Seat),
 }
 
 impl Flights {
-    /// A fresh flight id.
-    pub(super) fn next_id(&self) -> u64 {
-        self.next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Joins the running transfer of `digest`, or else calls `start` under
-    /// the registry's lock; `start` answers from the cache (`Err(blob)`) or
-    /// spawns a transfer.
-    pub(super) fn join_or_start(
+    /// Takes a seat on `digest`'s flight with `terms` and `urls`, or starts a
+    /// new flight: first `cached` is asked (under the registry's lock, so a
+    /// transfer that just committed is seen), then `launch` spawns the
+    /// transfer and returns its abort handle. Neither may do I/O.
+    pub fn join_or_start(
         &self,
         digest: Digest,
-        start: impl FnOnce() -> Result<Result<Arc<Flight>, Blob>, FetchError>,
-    ) -> Result<Joined, FetchError> {
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(flight) = map.get(&digest).and_then(Weak::upgrade) {
-            let state = flight.state.clone();
-            return Ok(Ok((flight, state)));
+        terms: CallerTerms,
+        urls: &[SourceUrl],
+        cached: impl FnOnce() -> Option<Blob>,
+        launch: impl FnOnce(Launch) -> AbortHandle,
+    ) -> Joined {
+        let caller = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut map = lock(&self.map);
+        if let Some(flight) = map.get(&digest).and_then(Weak::upgrade)
+            && lock(&flight.terms).join(caller, terms, urls)
+        {
+            return Joined::Seat(Seat { flight, caller });
         }
-        match start()? {
-            Err(blob) => Ok(Err(blob)),
-            Ok(flight) => {
-                map.insert(digest, Arc::downgrade(&flight));
-                let state = flight.state.clone();
-                Ok(Ok((flight, state)))
-            }
+        if let Some(blob) = cached() {
+            return Joined::Cached(blob);
         }
+        // Dead entries (every caller left) go whenever a flight starts.
+        map.retain(|_, weak| weak.strong_count() > 0);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut fresh = Terms::default();
+        fresh.join(caller, terms, urls);
+        let terms_arc = Arc::new(Mutex::new(fresh));
+        let (tx, rx) = watch::channel(State::default());
+        let flight = Arc::new(Flight {
+            digest,
+            id,
+            task: OnceLock::new(),
+            state: rx,
+            terms: terms_arc.clone(),
+        });
+        let task = launch(Launch {
+            digest,
+            id,
+            terms: terms_arc,
+            state: tx,
+        });
+        let _ = flight.task.set(task);
+        map.insert(digest, Arc::downgrade(&flight));
+        Joined::Seat(Seat { flight, caller })
     }
 
-    /// Runs `f` unless a transfer of `digest` is running
-    /// ([`FetchError::InProgress`]), holding the registry's lock so that none
-    /// can start meanwhile.
-    pub(super) fn unless_running<T>(
-        &self,
-        digest: Digest,
-        f: impl FnOnce() -> Result<T, FetchError>,
-    ) -> Result<T, FetchError> {
-        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        let running = map.get(&digest).is_some_and(|weak| weak.strong_count() > 0);
-        if running {
-            return Err(FetchError::InProgress { digest });
-        }
-        f()
+    /// Whether a transfer of `digest` is running.
+    pub fn is_running(&self, digest: &Digest) -> bool {
+        lock(&self.map)
+            .get(digest)
+            .is_some_and(|weak| weak.strong_count() > 0)
     }
 
     /// The digests with a transfer running.
-    pub(super) fn running(&self) -> std::collections::HashSet<Digest> {
-        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        map.iter()
+    pub fn running(&self) -> HashSet<Digest> {
+        lock(&self.map)
+            .iter()
             .filter(|(_, weak)| weak.strong_count() > 0)
             .map(|(digest, _)| *digest)
             .collect()
     }
 
-    /// Forgets the finished flight `id`, so later fetches look at the cache.
-    pub(super) fn finish(&self, digest: Digest, id: u64) {
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Forgets the ended flight `id`, so later fetches look at the cache.
+    pub fn finish(&self, digest: Digest, id: u64) {
+        let mut map = lock(&self.map);
         let same = map
             .get(&digest)
             .and_then(Weak::upgrade)
-            .is_some_and(|flight| flight.id == id);
+            .is_none_or(|flight| flight.id == id);
         if same {
             map.remove(&digest);
         }
+    }
+
+    /// Entries in the registry, live or dead (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+}
+
+/// Locks `m`; a poisoned lock's data is still consistent here (every
+/// critical section is a few plain assignments).
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(path: &str) -> SourceUrl {
+        SourceUrl::parse(&format!("http://h/{path}")).unwrap()
+    }
+
+    fn d(n: u8) -> Digest {
+        Digest::from_bytes([n; 32])
+    }
+
+    const OPEN: CallerTerms = CallerTerms {
+        size: None,
+        limit: 100,
+    };
+
+    /// Starts or joins with a launch that spawns nothing (a dummy task).
+    fn seat(flights: &Flights, terms: CallerTerms, urls: &[SourceUrl]) -> (Seat, Option<Launch>) {
+        let mut launched = None;
+        let joined = flights.join_or_start(
+            d(1),
+            terms,
+            urls,
+            || None,
+            |launch| {
+                launched = Some(launch);
+                tokio::spawn(std::future::pending::<()>()).abort_handle()
+            },
+        );
+        match joined {
+            Joined::Seat(seat) => (seat, launched),
+            Joined::Cached(_) => panic!("nothing is cached"),
+        }
+    }
+
+    #[tokio::test]
+    async fn joiners_add_their_urls_after_the_ones_before() {
+        let flights = Flights::default();
+        let (_a, launch) = seat(&flights, OPEN, &[url("a"), url("m")]);
+        let launch = launch.unwrap();
+        let (_b, none) = seat(&flights, OPEN, &[url("b"), url("a")]);
+        assert!(none.is_none(), "the second caller joins");
+        let mut terms = lock(&launch.terms);
+        let urls: Vec<_> = (0..).map_while(|i| terms.url(i)).collect();
+        assert_eq!(urls, vec![url("a"), url("m"), url("b")]);
+    }
+
+    #[tokio::test]
+    async fn terms_take_the_most_permissive_limit_of_live_callers() {
+        let flights = Flights::default();
+        let low = CallerTerms {
+            size: Some(10),
+            limit: 10,
+        };
+        let (a, launch) = seat(&flights, low, &[url("a")]);
+        let terms = launch.unwrap().terms;
+        assert_eq!(lock(&terms).limit(), 10);
+        assert_eq!(lock(&terms).size(), Some(10));
+        let (b, _) = seat(&flights, OPEN, &[url("a")]);
+        assert_eq!(lock(&terms).limit(), 100);
+        assert_eq!(lock(&terms).size(), None, "callers disagree on the size");
+        drop(b);
+        assert_eq!(
+            lock(&terms).limit(),
+            10,
+            "a caller that left stops counting"
+        );
+        drop(a);
+        assert_eq!(lock(&terms).limit(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_closed_flight_sends_a_joiner_to_a_new_one() {
+        let flights = Flights::default();
+        let (_a, launch) = seat(&flights, OPEN, &[url("a")]);
+        let launch = launch.unwrap();
+        assert!(lock(&launch.terms).url(1).is_none(), "out of URLs: closed");
+        let (_b, second) = seat(&flights, OPEN, &[url("b")]);
+        let second = second.expect("a new flight");
+        assert_eq!(lock(&second.terms).url(0), Some(url("b")));
+    }
+
+    #[tokio::test]
+    async fn the_last_seat_leaving_cancels_and_dead_entries_go() {
+        let flights = Flights::default();
+        let (a, _) = seat(&flights, OPEN, &[url("a")]);
+        let (b, _) = seat(&flights, OPEN, &[url("a")]);
+        assert!(flights.is_running(&d(1)));
+        drop(a);
+        assert!(flights.is_running(&d(1)), "one caller still waits");
+        drop(b);
+        assert!(!flights.is_running(&d(1)));
+        assert_eq!(flights.len(), 1, "dead until the next start");
+        let joined = flights.join_or_start(
+            d(2),
+            OPEN,
+            &[url("x")],
+            || None,
+            |_| tokio::spawn(std::future::pending::<()>()).abort_handle(),
+        );
+        assert_eq!(flights.len(), 1, "the dead entry went");
+        drop(joined);
     }
 }

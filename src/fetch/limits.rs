@@ -36,6 +36,9 @@ impl Limits {
         let key = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
         let host = {
             let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+            // A host's semaphore held by the map alone is idle: drop it, so
+            // the map does not grow with every host ever seen.
+            hosts.retain(|_, s| Arc::strong_count(s) > 1);
             hosts
                 .entry(key)
                 .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
@@ -48,5 +51,44 @@ impl Limits {
             _host: host,
             _all: all,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_host_waits_without_taking_an_overall_slot() {
+        let limits = Arc::new(Limits::new(2, 1));
+        let _a = limits.acquire(&url("http://a/1")).await;
+        let waiting = {
+            let limits = limits.clone();
+            tokio::spawn(async move { limits.acquire(&url("http://a/2")).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished(), "host a is at its cap");
+        // Host b still gets the second overall slot.
+        let b = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            limits.acquire(&url("http://b/1")),
+        )
+        .await;
+        assert!(b.is_ok());
+        waiting.abort();
+    }
+
+    #[tokio::test]
+    async fn idle_hosts_are_forgotten() {
+        let limits = Limits::new(4, 1);
+        for i in 0..50 {
+            drop(limits.acquire(&url(&format!("http://host{i}/x"))).await);
+        }
+        let hosts = limits.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        assert!(hosts.len() <= 1, "{} hosts kept", hosts.len());
     }
 }

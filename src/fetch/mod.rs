@@ -1,16 +1,22 @@
-//! Fetch: joins sources to the store, one transfer per digest.
+//! Fetch: the only door to the store, and the daemon's policy.
 //!
-//! A fetch answers from the cache when it can, without touching any source.
-//! Otherwise it joins the transfer of that digest if one is running
-//! (single flight, whatever the URLs) or starts one. A transfer runs as its
-//! own task while at least one caller waits: when the last caller goes away,
-//! the task is cancelled and its temp file removed. A transfer tries the URL
-//! and then each mirror; on each it retries transient failures with
-//! backoff, resuming from the bytes already written and hashed
-//! ([`transfer`]).
+//! A fetch answers from the cache when it can (memory only, no source
+//! touched, no I/O unless a lease must be made durable). Otherwise it takes
+//! a seat on the digest's transfer, starting one if none runs: one transfer
+//! per digest, shared fairly by its callers ([`flight`]). A transfer runs as
+//! its own task while at least one caller waits; it tries each URL in turn,
+//! retrying transient failures with backoff and resuming from the bytes
+//! already written and hashed ([`transfer`]). Each caller's own `size` and
+//! `max_size` are judged on the result, and its lease is pinned before its
+//! path is returned.
 //!
-//! Deletes are refused while a transfer of the digest runs, under the same
-//! lock that starts transfers, so a delete cannot race a fetch.
+//! Everything that touches the disk or `meta.redb` runs on tokio's blocking
+//! pool; the registry of transfers is locked for map updates only. Tasks
+//! (transfers, prewarms, upkeep) run under the daemon's task tracker and stop
+//! when its cancellation token fires.
+//!
+//! Logging: a transfer logs its outcome once; a caller's own refusal is
+//! logged where it is decided; hits are logged at debug.
 
 mod admin;
 mod flight;
@@ -22,14 +28,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::config::{CacheConfig, FetchConfig};
 use crate::digest::Digest;
-use crate::source::{SourceError, Sources};
-use crate::store::{Blob, EvictPolicy, Store, StoreError};
+use crate::source::{SourceError, SourceUrl, Sources};
+use crate::store::{AssetInfo, Blob, Store, StoreError};
 pub use admin::{GcReport, VerifyReport};
-use flight::{Flights, State};
+use flight::{CallerTerms, Flights, Joined, Seat, State};
 use limits::Limits;
 pub use prewarm::{DEFAULT_CONCURRENCY as DEFAULT_PREWARM_CONCURRENCY, PrewarmEvent, PrewarmKind};
+
+/// Times a caller goes around again when the asset it found was evicted
+/// (under free-space pressure) before its lease could pin it.
+const PIN_ROUNDS: usize = 3;
 
 /// A fetch failure.
 #[derive(Debug, thiserror::Error)]
@@ -48,10 +61,20 @@ pub enum FetchError {
         /// The limit that applies.
         limit: u64,
     },
+    /// The asset is larger than this caller's limit.
+    #[error("{digest} is {size} bytes, over the size limit of {limit} bytes")]
+    AssetTooLarge {
+        /// The digest.
+        digest: Digest,
+        /// The asset's size.
+        size: u64,
+        /// This caller's limit.
+        limit: u64,
+    },
     /// The source declares a size over the limit; no body was read.
     #[error("{url} declares {size} bytes, over the size limit of {limit} bytes")]
     DeclaredTooLarge {
-        /// The URL.
+        /// The URL, redacted.
         url: String,
         /// The declared size (for HTTP, `Content-Length`).
         size: u64,
@@ -61,36 +84,30 @@ pub enum FetchError {
     /// The source declares a size other than the request's; no body was read.
     #[error("size mismatch: expected {expected} bytes, {url} declares {declared}")]
     DeclaredSizeMismatch {
-        /// The URL.
+        /// The URL, redacted.
         url: String,
         /// The request's `size`.
         expected: u64,
         /// What the source declares.
         declared: u64,
     },
-    /// The cached asset's size differs from the request's.
-    #[error("size mismatch: expected {expected} bytes, cached {digest} has {actual}")]
-    CachedSizeMismatch {
+    /// The asset's size differs from the request's.
+    #[error("size mismatch: expected {expected} bytes, {digest} has {actual}")]
+    SizeMismatch {
         /// The digest.
         digest: Digest,
         /// The request's `size`.
         expected: u64,
-        /// The cached file's size.
+        /// The asset's size.
         actual: u64,
     },
     /// No bytes arrived for too long.
     #[error("{url}: no bytes for {secs:.1} s (stalled)")]
     Stalled {
-        /// The URL.
+        /// The URL, redacted.
         url: String,
         /// The stall timeout.
         secs: f64,
-    },
-    /// The asset is not in the cache.
-    #[error("{digest} is not cached")]
-    NotCached {
-        /// The digest.
-        digest: Digest,
     },
     /// The asset is larger than the whole cache may be.
     #[error("{size} bytes can never fit in the cache (--max-cache-bytes {max})")]
@@ -106,9 +123,21 @@ pub enum FetchError {
         /// The digest.
         digest: Digest,
     },
+    /// The asset kept being evicted before its lease could pin it.
+    #[error(
+        "{digest} was evicted {PIN_ROUNDS} times before it could be leased: \
+         the cache is short of free space"
+    )]
+    Evicted {
+        /// The digest.
+        digest: Digest,
+    },
     /// The shared transfer this caller waited on failed.
     #[error(transparent)]
     Transfer(Arc<FetchError>),
+    /// The daemon is shutting down.
+    #[error("assetd is shutting down")]
+    ShuttingDown,
     /// A task of the daemon panicked.
     #[error("the {what} task panicked")]
     Panicked {
@@ -133,21 +162,40 @@ impl FetchError {
     }
 }
 
-/// What a caller wants on this node.
+/// Who is asking, from the socket's peer credentials (never the pid alone:
+/// pids are reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The caller's user id.
+    pub uid: u32,
+    /// The caller's group id.
+    pub gid: u32,
+    /// The caller's process id, for logs.
+    pub pid: Option<i32>,
+}
+
+/// What a caller wants on this node, parsed at the edge.
 #[derive(Debug, Clone)]
 pub struct Want {
-    /// Where to get the bytes first.
-    pub url: String,
-    /// More URLs for the same bytes, tried in order when one fails.
-    pub mirrors: Vec<String>,
     /// What the bytes must hash to.
     pub digest: Digest,
+    /// Where to get them, in order: the URL, then its mirrors. Never empty.
+    pub urls: Vec<SourceUrl>,
     /// Their exact size, when the caller knows it.
     pub size: Option<u64>,
     /// The caller's own size limit, when lower than the daemon's.
     pub max_size: Option<u64>,
     /// The lease to pin the asset for, once it is cached.
     pub lease: Option<Lease>,
+    /// Who asks.
+    pub caller: Caller,
+}
+
+impl Want {
+    /// The first URL, redacted, for logs and metadata.
+    fn url(&self) -> &str {
+        self.urls.first().map_or("", SourceUrl::redacted)
+    }
 }
 
 /// A caller's pin on what it fetched.
@@ -157,12 +205,6 @@ pub struct Lease {
     pub name: String,
     /// How long the pin holds by itself; `None` until released.
     pub ttl: Option<Duration>,
-}
-
-impl Want {
-    fn urls(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.url.as_str()).chain(self.mirrors.iter().map(String::as_str))
-    }
 }
 
 /// A fetched (or already cached) asset.
@@ -181,7 +223,7 @@ pub struct Progress {
     pub done: u64,
     /// The whole size, when known.
     pub total: Option<u64>,
-    /// The URL being read, or "" while waiting for a transfer slot.
+    /// The URL being read (redacted), or "" while waiting for a slot.
     pub source: String,
     /// When the transfer began.
     pub started: Option<Instant>,
@@ -199,37 +241,30 @@ impl Progress {
     }
 }
 
-/// The daemon's fetch policy.
-#[derive(Debug, Clone)]
-pub struct FetchOptions {
-    /// The largest asset, in bytes; requests may only lower it.
-    pub max_size: u64,
-    /// Transfers running at once; the rest wait in arrival order.
-    pub max_transfers: usize,
-    /// Transfers running at once against one host.
-    pub max_per_host: usize,
-    /// Tries per URL before moving to the next mirror.
-    pub attempts: u32,
-    /// No bytes for this long counts as a failure (and is retried).
-    pub stall_timeout: Duration,
-    /// Free space to keep on the store's file system, in bytes.
-    pub reserve_free: u64,
-    /// When to evict.
-    pub evict: EvictPolicy,
+/// The daemon's lifetime, as the fetch layer sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Lifetime {
+    /// Fires at shutdown: transfers, prewarms and upkeep stop.
+    pub token: CancellationToken,
+    /// Every task the fetch layer starts, so shutdown can wait for them.
+    pub tracker: TaskTracker,
 }
 
-/// What every transfer shares.
-struct Shared {
+/// What every part of the fetch layer shares.
+struct Inner {
     store: Arc<Store>,
     sources: Sources,
-    options: FetchOptions,
+    fetch: FetchConfig,
+    cache: CacheConfig,
     limits: Limits,
+    flights: Flights,
+    lifetime: Lifetime,
 }
 
-/// Fetches assets into the store. Shared by every request handler.
+/// Fetches assets into the store and answers for it. Cheap to clone.
+#[derive(Clone)]
 pub struct Fetcher {
-    shared: Arc<Shared>,
-    flights: Arc<Flights>,
+    inner: Arc<Inner>,
 }
 
 /// A fetch that is waiting on a transfer: its progress, then its result.
@@ -239,9 +274,9 @@ pub struct Waiting {
     limit: u64,
     started: Instant,
     state: watch::Receiver<State>,
-    shared: Arc<Shared>,
-    /// Keeps the transfer alive while this caller waits.
-    _flight: Arc<flight::Flight>,
+    fetcher: Fetcher,
+    /// Keeps this caller's terms in the transfer while it waits.
+    _seat: Seat,
 }
 
 /// How a fetch begins: answered from the cache, or waiting on a transfer.
@@ -253,97 +288,164 @@ pub enum Started {
 }
 
 impl Fetcher {
-    /// A fetcher writing into `store`, reading from `sources`.
-    pub fn new(store: Arc<Store>, sources: Sources, options: FetchOptions) -> Fetcher {
-        let limits = Limits::new(options.max_transfers, options.max_per_host);
-        let shared = Shared {
-            store,
+    /// A fetcher writing into `store`, reading from `sources`, whose tasks
+    /// live within `lifetime`.
+    pub fn new(
+        store: Store,
+        sources: Sources,
+        fetch: FetchConfig,
+        cache: CacheConfig,
+        lifetime: Lifetime,
+    ) -> Fetcher {
+        let limits = Limits::new(fetch.max_transfers, fetch.max_per_host);
+        let inner = Inner {
+            store: Arc::new(store),
             sources,
-            options,
+            fetch,
+            cache,
             limits,
+            flights: Flights::default(),
+            lifetime,
         };
         Fetcher {
-            shared: Arc::new(shared),
-            flights: Arc::new(Flights::default()),
+            inner: Arc::new(inner),
         }
-    }
-
-    /// The store, for read-only admin calls.
-    pub fn store(&self) -> &Store {
-        &self.shared.store
     }
 
     /// Makes sure `want` is cached and waits for it.
     pub async fn fetch(&self, want: Want) -> Result<Fetched, FetchError> {
-        match self.start(want)? {
+        match self.start(want).await? {
             Started::Hit(fetched) => Ok(fetched),
             Started::Waiting(waiting) => waiting.finish().await,
         }
     }
 
-    /// Begins a fetch: validates every URL, answers a hit, or joins or starts
-    /// the digest's transfer. Errors here change nothing on disk.
-    pub fn start(&self, want: Want) -> Result<Started, FetchError> {
-        let started = Instant::now();
-        for url in want.urls() {
-            self.shared
+    /// Begins a fetch: checks every URL's scheme, answers a hit (pinning its
+    /// lease), or takes a seat on the digest's transfer. Errors here change
+    /// nothing on disk.
+    pub async fn start(&self, want: Want) -> Result<Started, FetchError> {
+        for url in &want.urls {
+            self.inner
                 .sources
                 .resolve(url)
                 .map_err(FetchError::Source)?;
         }
-        // An asset of unknown size is also cut off where it could never fit
-        // the cache, rather than committed and evicted at once.
-        let limit = want
-            .max_size
-            .map_or(self.shared.options.max_size, |m| {
-                m.min(self.shared.options.max_size)
-            })
-            .min(self.shared.options.evict.max_bytes.unwrap_or(u64::MAX));
-        let shared = self.shared.clone();
-        let flights = self.flights.clone();
-        let joined = self.flights.join_or_start(want.digest, || {
-            match shared.store.stat(&want.digest).map_err(FetchError::Store)? {
-                Some(blob) => Ok(Err(blob)),
-                None => Ok(Ok(transfer::spawn(
-                    shared.clone(),
-                    flights,
-                    want.clone(),
-                    limit,
-                ))),
+        let limit = self.inner.limit_for(&want);
+        let started = Instant::now();
+        for _ in 0..PIN_ROUNDS {
+            let blob = match self.inner.store.lookup(&want.digest, want.url()) {
+                Some(blob) => blob,
+                None => match self.join(&want, limit) {
+                    Joined::Cached(blob) => blob,
+                    Joined::Seat(seat) => {
+                        return Ok(Started::Waiting(Waiting {
+                            state: seat.state(),
+                            want,
+                            limit,
+                            started,
+                            fetcher: self.clone(),
+                            _seat: seat,
+                        }));
+                    }
+                },
+            };
+            if let Some(fetched) = self.settle(&want, blob, limit, true, started).await? {
+                return Ok(Started::Hit(fetched));
             }
-        })?;
-        match joined {
-            Err(blob) => {
-                let fetched = check_blob(&want, blob, limit, true)
-                    .and_then(|f| self.shared.record_use(&want, f));
-                log_outcome(&want, &fetched, started);
-                fetched.map(Started::Hit)
-            }
-            Ok((flight, state)) => Ok(Started::Waiting(Waiting {
-                want,
-                limit,
-                started,
-                state,
-                shared: self.shared.clone(),
-                _flight: flight,
-            })),
         }
+        Err(FetchError::Evicted {
+            digest: want.digest,
+        })
     }
 
-    /// Deletes a cached asset, returning its size. Errors: [`FetchError::NotCached`],
-    /// [`FetchError::InProgress`] while a transfer of it runs.
-    pub fn delete(&self, digest: &Digest, force: bool) -> Result<u64, FetchError> {
-        self.flights.unless_running(*digest, || {
-            match self
-                .shared
-                .store
-                .delete(digest, force)
-                .map_err(FetchError::Store)?
-            {
-                Some(size) => Ok(size),
-                None => Err(FetchError::NotCached { digest: *digest }),
+    /// Takes a seat on `want`'s transfer, starting one if none runs.
+    fn join(&self, want: &Want, limit: u64) -> Joined {
+        let terms = CallerTerms {
+            size: want.size,
+            limit,
+        };
+        let inner = &self.inner;
+        inner.flights.join_or_start(
+            want.digest,
+            terms,
+            &want.urls,
+            || inner.store.lookup(&want.digest, want.url()),
+            |launch| transfer::spawn(self.inner.clone(), launch),
+        )
+    }
+
+    /// Judges `blob` against this caller's request and pins its lease:
+    /// `Ok(None)` when it was evicted before the pin (go around again).
+    async fn settle(
+        &self,
+        want: &Want,
+        blob: Blob,
+        limit: u64,
+        cache_hit: bool,
+        started: Instant,
+    ) -> Result<Option<Fetched>, FetchError> {
+        let result = match check_blob(want, blob, limit) {
+            Err(e) => Err(e),
+            Ok(blob) => self.pin(want, blob).await,
+        };
+        match &result {
+            Ok(Some(blob)) => {
+                let secs = started.elapsed().as_secs_f64();
+                tracing::debug!(digest = %want.digest, bytes = blob.size, secs, cache_hit, "fetch");
             }
-        })
+            Ok(None) => {
+                tracing::info!(digest = %want.digest, "evicted before its lease could pin it; fetching again");
+            }
+            // This caller's own refusal: logged here, once.
+            Err(e) => tracing::info!(digest = %want.digest, error = %e, "fetch refused"),
+        }
+        Ok(result?.map(|blob| Fetched { blob, cache_hit }))
+    }
+
+    /// Pins `want`'s lease on `blob`, if it has one; `Ok(None)` when the
+    /// asset is no longer cached.
+    async fn pin(&self, want: &Want, blob: Blob) -> Result<Option<Blob>, FetchError> {
+        let Some(lease) = &want.lease else {
+            return Ok(Some(blob));
+        };
+        let expires = lease.ttl.map(|ttl| {
+            let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            crate::store::now_ms().saturating_add(ms)
+        });
+        let (digest, name) = (want.digest, lease.name.clone());
+        let pinned = self
+            .blocking(move |store| store.pin(&digest, &name, expires))
+            .await?;
+        Ok(pinned.then_some(blob))
+    }
+
+    /// Runs `f` on the store on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, FetchError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|_| FetchError::Panicked { what: "store" })?
+            .map_err(FetchError::Store)
+    }
+
+    /// One cached asset with its metadata. Memory only.
+    pub fn info(&self, digest: &Digest) -> Option<AssetInfo> {
+        self.inner.store.info(digest)
+    }
+}
+
+impl Inner {
+    /// The most bytes `want` may bring in: its own limit under the daemon's,
+    /// and never more than the whole cache may hold (an asset of unknown
+    /// size is cut off there rather than committed and evicted at once).
+    fn limit_for(&self, want: &Want) -> u64 {
+        let daemon = self.fetch.max_size.0;
+        want.max_size
+            .map_or(daemon, |m| m.min(daemon))
+            .min(self.cache.max_bytes().unwrap_or(u64::MAX))
     }
 }
 
@@ -365,89 +467,63 @@ impl Waiting {
         let _ = self.state.changed().await;
     }
 
-    /// Waits for the transfer's outcome, checked against this caller's own
-    /// size and limit, and logs it.
-    pub async fn finish(mut self) -> Result<Fetched, FetchError> {
-        let outcome = match self.state.wait_for(|s| s.outcome.is_some()).await {
-            Ok(state) => state.outcome.clone(),
-            Err(_) => None,
-        };
-        let result = match outcome {
-            Some(Ok(blob)) => check_blob(&self.want, blob, self.limit, false)
-                .and_then(|f| self.shared.record_use(&self.want, f)),
-            Some(Err(e)) => Err(FetchError::Transfer(e)),
-            None => Err(FetchError::Lost {
-                digest: self.want.digest,
-            }),
-        };
-        log_outcome(&self.want, &result, self.started);
-        result
-    }
-}
-
-impl Shared {
-    /// Notes a caller's use of `fetched`: last use, its URL, its lease.
-    fn record_use(&self, want: &Want, fetched: Fetched) -> Result<Fetched, FetchError> {
-        // The transfer recorded a new asset durably; a hit is a cheap touch,
-        // and it only orders eviction: a failure to record it is logged.
-        if fetched.cache_hit
-            && let Err(e) = self.store.used(&fetched.blob, &want.url, false)
-        {
-            tracing::warn!(digest = %want.digest, error = %e, "recording a use failed");
+    /// Waits for the transfer's outcome, judged against this caller's own
+    /// size and limit, with its lease pinned.
+    pub async fn finish(self) -> Result<Fetched, FetchError> {
+        let mut waiting = self;
+        for _ in 0..PIN_ROUNDS {
+            let outcome = match waiting.state.wait_for(|s| s.outcome.is_some()).await {
+                Ok(state) => state.outcome.clone(),
+                Err(_) => None,
+            };
+            let blob = match outcome {
+                Some(Ok(blob)) => blob,
+                Some(Err(e)) => return Err(FetchError::Transfer(e)),
+                None => {
+                    return Err(FetchError::Lost {
+                        digest: waiting.want.digest,
+                    });
+                }
+            };
+            let Waiting {
+                want,
+                limit,
+                started,
+                fetcher,
+                ..
+            } = waiting;
+            if let Some(f) = fetcher.settle(&want, blob, limit, false, started).await? {
+                return Ok(f);
+            }
+            // Evicted before the pin: this caller fetches again.
+            waiting = match fetcher.start(want).await? {
+                Started::Hit(fetched) => return Ok(fetched),
+                Started::Waiting(w) => w,
+            };
         }
-        if let Some(lease) = &want.lease {
-            let expires = lease.ttl.map(|ttl| {
-                let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-                crate::store::now_ms().saturating_add(ms)
-            });
-            self.store
-                .pin(&want.digest, &lease.name, expires)
-                .map_err(FetchError::Store)?;
-        }
-        Ok(fetched)
+        Err(FetchError::Evicted {
+            digest: waiting.want.digest,
+        })
     }
 }
 
 /// Checks a cached or freshly fetched blob against one caller's request.
-fn check_blob(want: &Want, blob: Blob, limit: u64, cache_hit: bool) -> Result<Fetched, FetchError> {
+fn check_blob(want: &Want, blob: Blob, limit: u64) -> Result<Blob, FetchError> {
     if let Some(expected) = want.size
         && expected != blob.size
     {
-        return Err(FetchError::CachedSizeMismatch {
+        return Err(FetchError::SizeMismatch {
             digest: want.digest,
             expected,
             actual: blob.size,
         });
     }
     if blob.size > limit {
-        return Err(FetchError::RequestTooLarge {
+        return Err(FetchError::AssetTooLarge {
+            digest: want.digest,
             size: blob.size,
             limit,
         });
     }
-    Ok(Fetched { blob, cache_hit })
-}
-
-/// One line per fetch call: digest, URL, bytes, time, rate, outcome.
-fn log_outcome(want: &Want, result: &Result<Fetched, FetchError>, started: Instant) {
-    let secs = started.elapsed().as_secs_f64();
-    match result {
-        Ok(f) => tracing::info!(
-            digest = %want.digest,
-            url = %crate::source::redacted_str(&want.url),
-            bytes = f.blob.size,
-            secs = format_args!("{secs:.3}"),
-            mb_per_s = format_args!("{:.1}", f.blob.size as f64 / secs.max(1e-9) / 1e6),
-            outcome = if f.cache_hit { "hit" } else { "fetched" },
-            "fetch"
-        ),
-        Err(e) => tracing::warn!(
-            digest = %want.digest,
-            url = %crate::source::redacted_str(&want.url),
-            secs = format_args!("{secs:.3}"),
-            outcome = "failed",
-            error = %e,
-            "fetch"
-        ),
-    }
+    Ok(blob)
 }

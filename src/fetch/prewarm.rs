@@ -1,6 +1,7 @@
 //! Prewarm: a batch of fetches with bounded concurrency and an event per
 //! asset. The batch runs as its own task, so it goes on when the caller
-//! leaves (node agents fire and forget).
+//! leaves (node agents fire and forget); a task per asset is spawned only
+//! once it has a slot.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,37 +41,45 @@ pub enum PrewarmKind {
 }
 
 impl Fetcher {
-    /// Starts fetching `wants`, at most `concurrency` at once; returns the
-    /// events. Invalid requests fail as events, not as the batch.
-    pub fn prewarm(
-        self: &Arc<Self>,
-        wants: Vec<Want>,
-        concurrency: usize,
-    ) -> mpsc::Receiver<PrewarmEvent> {
+    /// Starts fetching `wants`, at most `concurrency` at once, as tracked
+    /// tasks that stop at shutdown; returns the events. Invalid requests fail
+    /// as events, not as the batch.
+    pub fn prewarm(&self, wants: Vec<Want>, concurrency: usize) -> mpsc::Receiver<PrewarmEvent> {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-        for index in 0..wants.len() {
-            // A full buffer here only means the reader is slow; never block.
-            let _ = tx.try_send(PrewarmEvent {
-                index,
-                kind: PrewarmKind::Queued,
-            });
-        }
-        for (index, want) in wants.into_iter().enumerate() {
-            let (fetcher, tx, slots) = (self.clone(), tx.clone(), slots.clone());
-            tokio::spawn(async move {
-                let Ok(_slot) = slots.acquire_owned().await else {
-                    return;
+        let (fetcher, lifetime) = (self.clone(), self.inner.lifetime.clone());
+        let token = lifetime.token.clone();
+        lifetime.tracker.spawn(async move {
+            for index in 0..wants.len() {
+                // The caller may have left; the batch goes on.
+                let _ = tx
+                    .send(PrewarmEvent {
+                        index,
+                        kind: PrewarmKind::Queued,
+                    })
+                    .await;
+            }
+            for (index, want) in wants.into_iter().enumerate() {
+                let slot = tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot,
+                    () = token.cancelled() => return,
                 };
-                let kind = match fetcher.prewarm_one(index, want, &tx).await {
-                    Ok(fetched) => PrewarmKind::Done(fetched),
-                    Err(error) => PrewarmKind::Failed(error),
-                };
-                let event = PrewarmEvent { index, kind };
-                // The caller may have left; the asset is cached all the same.
-                let _ = tx.send(event).await;
-            });
-        }
+                let Ok(slot) = slot else { return };
+                let (fetcher, tx, token) = (fetcher.clone(), tx.clone(), token.clone());
+                fetcher.inner.lifetime.tracker.clone().spawn(async move {
+                    let _slot = slot;
+                    let kind = tokio::select! {
+                        result = fetcher.prewarm_one(index, want, &tx) => match result {
+                            Ok(fetched) => PrewarmKind::Done(fetched),
+                            Err(error) => PrewarmKind::Failed(error),
+                        },
+                        () = token.cancelled() => PrewarmKind::Failed(FetchError::ShuttingDown),
+                    };
+                    // The caller may have left; the asset is cached all the same.
+                    let _ = tx.send(PrewarmEvent { index, kind }).await;
+                });
+            }
+        });
         rx
     }
 
@@ -80,7 +89,7 @@ impl Fetcher {
         want: Want,
         tx: &mpsc::Sender<PrewarmEvent>,
     ) -> Result<Fetched, FetchError> {
-        let mut waiting = match self.start(want)? {
+        let mut waiting = match self.start(want).await? {
             Started::Hit(fetched) => return Ok(fetched),
             Started::Waiting(waiting) => waiting,
         };

@@ -9,17 +9,17 @@
 //! Moving to the next mirror: any other source failure, or bytes that don't
 //! verify. Ending the transfer: local failures (disk full, I/O).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tokio::task::AbortHandle;
 use tokio::time::timeout;
 use tokio_stream::StreamExt as _;
-use url::Url;
 
-use super::flight::{Flight, Flights, State};
-use super::{FetchError, Shared, Want};
-use crate::source::{Resume, Source, redacted, redacted_str};
+use super::flight::{Launch, State, Terms, lock};
+use super::{FetchError, Inner};
+use crate::source::{Resume, Source, SourceUrl};
 use crate::store::{Blob, Ingest, StoreError};
 
 /// First backoff; doubled per failed try, with full jitter.
@@ -32,56 +32,59 @@ const PROGRESS_EVERY: u64 = 1 << 20;
 /// Bytes between free-space checks while the size is unknown.
 const SPACE_CHECK_EVERY: u64 = 4 << 20;
 
-/// Starts the transfer of `want` as its own task.
-pub(super) fn spawn(
-    shared: Arc<Shared>,
-    flights: Arc<Flights>,
-    want: Want,
-    limit: u64,
-) -> Arc<Flight> {
-    let (tx, rx) = watch::channel(State::default());
-    let id = flights.next_id();
-    let digest = want.digest;
-    let task = tokio::spawn(async move {
-        let outcome = match run(&shared, &want, limit, &tx).await {
-            Ok((blob, url)) => after_commit(&shared, &flights, blob, url).await,
-            Err(e) => Err(e),
+/// Starts the transfer `launch` describes as a tracked task; it stops early
+/// when the daemon shuts down. Returns the handle that cancels it.
+pub(super) fn spawn(inner: Arc<Inner>, launch: Launch) -> AbortHandle {
+    let tracker = inner.lifetime.tracker.clone();
+    let task = tracker.spawn(async move {
+        let Launch {
+            digest,
+            id,
+            terms,
+            state,
+        } = launch;
+        let started = Instant::now();
+        let token = inner.lifetime.token.clone();
+        let outcome = tokio::select! {
+            outcome = run(&inner, digest, &terms, &state) => outcome,
+            () = token.cancelled() => Err(FetchError::ShuttingDown),
         };
-        if let Err(e) = &outcome {
-            tracing::warn!(%digest, error = %e, "transfer failed");
-        }
-        tx.send_modify(|s| s.outcome = Some(outcome.map_err(Arc::new)));
-        flights.finish(digest, id);
+        let outcome = match outcome {
+            Ok((blob, url)) => Ok(after_commit(&inner, blob, url, started).await),
+            Err(e) => {
+                // The transfer's failure, logged once for all its callers.
+                tracing::warn!(%digest, error = %e, "transfer failed");
+                Err(e)
+            }
+        };
+        // INVARIANT: closed before the outcome is published, so a caller
+        // arriving now starts afresh rather than inheriting this outcome.
+        lock(&terms).close();
+        state.send_modify(|s| s.outcome = Some(outcome.map_err(Arc::new)));
+        inner.flights.finish(digest, id);
     });
-    Arc::new(Flight::new(id, digest, task.abort_handle(), rx))
+    task.abort_handle()
 }
 
-/// Records the new asset durably, then evicts what no longer fits. Runs
-/// while the transfer is still registered, so the new asset is safe from
-/// this eviction.
-async fn after_commit(
-    shared: &Arc<Shared>,
-    flights: &Flights,
-    blob: Blob,
-    url: String,
-) -> Result<Blob, FetchError> {
-    let keep = flights.running();
-    let digest = blob.digest;
-    let (store, policy) = (shared.store.clone(), shared.options.evict);
-    let recorded = tokio::task::spawn_blocking(move || {
-        // The blob is verified and in place: a metadata failure is logged,
-        // not turned into a failed fetch (reconcile re-adds it at start).
-        if let Err(e) = store.used(&blob, &url, true) {
-            tracing::warn!(digest = %blob.digest, error = %e, "recording the new asset failed");
-        }
-        let evicted = store.evict(&policy, &keep, false);
-        Ok::<_, StoreError>((blob, evicted))
-    })
-    .await
-    .map_err(|_| FetchError::Lost { digest })?;
-    let (blob, evicted) = recorded.map_err(FetchError::Store)?;
+/// Logs the new asset, then evicts what no longer fits: never the new asset
+/// (its callers pin it next) nor any other being fetched.
+async fn after_commit(inner: &Arc<Inner>, blob: Blob, url: SourceUrl, started: Instant) -> Blob {
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        digest = %blob.digest,
+        url = %url,
+        bytes = blob.size,
+        secs = format_args!("{secs:.3}"),
+        mb_per_s = format_args!("{:.1}", blob.size as f64 / secs.max(1e-9) / 1e6),
+        outcome = "fetched",
+        "transfer"
+    );
+    let mut keep = inner.flights.running();
+    keep.insert(blob.digest);
+    let (store, policy) = (inner.store.clone(), inner.evict_policy());
+    let evicted = tokio::task::spawn_blocking(move || store.evict(&policy, &keep, false)).await;
     match evicted {
-        Ok(gone) if !gone.is_empty() => {
+        Ok(Ok(gone)) if !gone.is_empty() => {
             let bytes: u64 = gone.iter().map(|b| b.size).sum();
             tracing::info!(
                 assets = gone.len(),
@@ -89,63 +92,89 @@ async fn after_commit(
                 "evicted least recently used assets"
             );
         }
-        Ok(_) => {}
+        Ok(Ok(_)) => {}
         // The fetch itself succeeded; eviction tries again on its timer.
-        Err(e) => tracing::warn!(error = %e, "eviction failed"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "eviction failed"),
+        Err(e) => tracing::warn!(error = %e, "eviction panicked"),
     }
-    Ok(blob)
+    blob
 }
 
+/// Tries each URL of the terms in turn, the ones joiners add included.
 async fn run(
-    shared: &Shared,
-    want: &Want,
-    limit: u64,
+    inner: &Inner,
+    digest: crate::digest::Digest,
+    terms: &Mutex<Terms>,
     state: &watch::Sender<State>,
-) -> Result<(Blob, String), FetchError> {
-    if let Some(size) = want.size {
-        check_fits(shared, size)?;
+) -> Result<(Blob, SourceUrl), FetchError> {
+    let (size, limit) = {
+        let terms = lock(terms);
+        (terms.size(), terms.limit())
+    };
+    if let Some(size) = size {
+        check_fits(inner, size)?;
         if size > limit {
             return Err(FetchError::RequestTooLarge { size, limit });
         }
-        check_space(shared, size)?;
+        check_space(inner, size)?;
     }
-    let mut failure = None;
-    for url in want.urls() {
-        match from_url(shared, want, url, limit, state).await {
-            Ok(blob) => return Ok((blob, url.to_owned())),
+    let mut failure: Option<(FetchError, u64)> = None;
+    let mut i = 0;
+    loop {
+        let url = {
+            let mut terms = lock(terms);
+            match terms.url(i) {
+                Some(url) => Some(url),
+                // Out of URLs after a failure that depended on the callers'
+                // terms (a limit, a size), while the terms changed since:
+                // the callers now waiting get their own go.
+                None => match &failure {
+                    Some((e, generation))
+                        if is_terms_error(e) && terms.generation() != *generation =>
+                    {
+                        i = 0;
+                        terms.reopen();
+                        terms.url(0)
+                    }
+                    _ => None,
+                },
+            }
+        };
+        let Some(url) = url else { break };
+        i += 1;
+        let generation = lock(terms).generation();
+        match from_url(inner, digest, &url, terms, state).await {
+            Ok(blob) => return Ok((blob, url)),
             Err(e) if is_local(&e) => return Err(e),
             Err(e) => {
-                tracing::warn!(digest = %want.digest, url = %redacted_str(url), error = %e, "source failed");
-                failure = Some(e);
+                tracing::info!(%digest, %url, error = %e, "source failed; trying the next URL, if any");
+                failure = Some((e, generation));
             }
         }
     }
-    // `urls()` is never empty, so a failure was recorded.
-    Err(failure.unwrap_or(FetchError::Lost {
-        digest: want.digest,
-    }))
+    Err(failure.map_or(FetchError::Lost { digest }, |(e, _)| e))
 }
 
-/// Reads `want` from one URL, with retries and resume.
+/// Reads the asset from one URL, with retries and resume.
 async fn from_url(
-    shared: &Shared,
-    want: &Want,
-    url: &str,
-    limit: u64,
+    inner: &Inner,
+    digest: crate::digest::Digest,
+    url: &SourceUrl,
+    terms: &Mutex<Terms>,
     state: &watch::Sender<State>,
 ) -> Result<Blob, FetchError> {
-    let (url, source) = shared.sources.resolve(url).map_err(FetchError::Source)?;
+    let source = inner.sources.resolve(url).map_err(FetchError::Source)?;
     state.send_modify(|s| s.progress.source = String::new());
-    let _permits = shared.limits.acquire(&url).await;
+    let _permits = inner.limits.acquire(url.url()).await;
     state.send_modify(|s| {
-        s.progress.source = redacted(&url);
+        s.progress.source = url.redacted().to_owned();
         s.progress.started.get_or_insert_with(Instant::now);
     });
     let mut attempt = Attempt {
-        shared,
-        want,
-        url: &url,
-        limit,
+        inner,
+        digest,
+        url,
+        terms,
         ingest: None,
         validator: None,
     };
@@ -159,28 +188,33 @@ async fn from_url(
             failures = 0;
         }
         failures += 1;
-        if !is_retryable(&e) || failures >= shared.options.attempts {
+        if !is_retryable(&e) || failures >= inner.fetch.attempts {
             attempt.abort().await;
             return Err(e);
         }
         let delay = backoff(failures, retry_after(&e));
-        tracing::info!(digest = %want.digest, url = %redacted(&url), error = %e, retry_in = ?delay, "retrying");
+        tracing::info!(%digest, %url, error = %e, retry_in = ?delay, "retrying");
         tokio::time::sleep(delay).await;
     }
     match attempt.ingest.take() {
-        Some(ingest) => ingest.commit().await.map_err(FetchError::Store),
-        None => Err(FetchError::Lost {
-            digest: want.digest,
-        }),
+        Some(mut ingest) => {
+            let (size, limit) = attempt.terms();
+            ingest.set_terms(size, limit);
+            ingest
+                .commit(url.redacted())
+                .await
+                .map_err(FetchError::Store)
+        }
+        None => Err(FetchError::Lost { digest }),
     }
 }
 
 /// The ingest and resume point that carry over between tries on one URL.
 struct Attempt<'a> {
-    shared: &'a Shared,
-    want: &'a Want,
-    url: &'a Url,
-    limit: u64,
+    inner: &'a Inner,
+    digest: crate::digest::Digest,
+    url: &'a SourceUrl,
+    terms: &'a Mutex<Terms>,
     ingest: Option<Ingest>,
     validator: Option<String>,
 }
@@ -190,6 +224,12 @@ impl Attempt<'_> {
         self.ingest.as_ref().map_or(0, Ingest::received)
     }
 
+    /// The expected size and the limit, as the callers waiting now set them.
+    fn terms(&self) -> (Option<u64>, u64) {
+        let terms = lock(self.terms);
+        (terms.size(), terms.limit())
+    }
+
     /// One try: opens the source (resuming when there is something to
     /// resume) and streams its body into the ingest to the end.
     async fn run(
@@ -197,7 +237,7 @@ impl Attempt<'_> {
         source: &dyn Source,
         state: &watch::Sender<State>,
     ) -> Result<(), FetchError> {
-        let stall = self.shared.options.stall_timeout;
+        let stall = self.inner.fetch.stall_timeout.0;
         let resume = match (self.received(), &self.validator) {
             (offset, Some(validator)) if offset > 0 => Some(Resume {
                 offset,
@@ -205,26 +245,27 @@ impl Attempt<'_> {
             }),
             _ => None,
         };
-        let opened = timeout(stall, source.open(self.url, resume.as_ref()))
+        let opened = timeout(stall, source.open(self.url.url(), resume.as_ref()))
             .await
             .map_err(|_| self.stalled())?
             .map_err(FetchError::Source)?;
         if let Some(total) = opened.size {
             self.check_declared(total)?;
-            check_space(self.shared, total.saturating_sub(opened.offset))?;
+            check_space(self.inner, total.saturating_sub(opened.offset))?;
         }
         if opened.offset != self.received() {
             // The source could not go on (a new version, or Range ignored):
             // start over with what it sends, from byte 0.
-            tracing::info!(url = %redacted(self.url), from = opened.offset, "source cannot resume; starting over");
+            tracing::info!(url = %self.url, from = opened.offset, "source cannot resume; starting over");
             self.abort().await;
         }
+        let (size, limit) = self.terms();
         let mut ingest = match self.ingest.take() {
             Some(ingest) => ingest,
             None => self
-                .shared
+                .inner
                 .store
-                .ingest(self.want.digest, self.want.size, self.limit)
+                .ingest(self.digest, size, limit)
                 .map_err(FetchError::Store)?,
         };
         self.validator = opened.validator;
@@ -235,21 +276,22 @@ impl Attempt<'_> {
 
     /// Refuses a declared size over the limit or other than the request's.
     fn check_declared(&self, declared: u64) -> Result<(), FetchError> {
-        if let Some(expected) = self.want.size
+        let (size, limit) = self.terms();
+        if let Some(expected) = size
             && expected != declared
         {
             return Err(FetchError::DeclaredSizeMismatch {
-                url: redacted(self.url),
+                url: self.url.redacted().to_owned(),
                 expected,
                 declared,
             });
         }
-        check_fits(self.shared, declared)?;
-        if declared > self.limit {
+        check_fits(self.inner, declared)?;
+        if declared > limit {
             return Err(FetchError::DeclaredTooLarge {
-                url: redacted(self.url),
+                url: self.url.redacted().to_owned(),
                 size: declared,
-                limit: self.limit,
+                limit,
             });
         }
         Ok(())
@@ -257,8 +299,8 @@ impl Attempt<'_> {
 
     fn stalled(&self) -> FetchError {
         FetchError::Stalled {
-            url: redacted(self.url),
-            secs: self.shared.options.stall_timeout.as_secs_f64(),
+            url: self.url.redacted().to_owned(),
+            secs: self.inner.fetch.stall_timeout.0.as_secs_f64(),
         }
     }
 
@@ -279,7 +321,7 @@ async fn stream(
     total: Option<u64>,
     state: &watch::Sender<State>,
 ) -> Result<(), FetchError> {
-    let stall = attempt.shared.options.stall_timeout;
+    let stall = attempt.inner.fetch.stall_timeout.0;
     let mut published = ingest.received();
     let mut space_checked = ingest.received();
     loop {
@@ -289,13 +331,15 @@ async fn stream(
         let Some(chunk) = next else {
             break;
         };
+        let (size, limit) = attempt.terms();
+        ingest.set_terms(size, limit);
         ingest
             .write(chunk.map_err(FetchError::Source)?)
             .await
             .map_err(FetchError::Store)?;
         let done = ingest.received();
         if total.is_none() && done - space_checked >= SPACE_CHECK_EVERY {
-            check_space(attempt.shared, 0)?;
+            check_space(attempt.inner, 0)?;
             space_checked = done;
         }
         if done - published >= PROGRESS_EVERY {
@@ -315,17 +359,17 @@ fn publish(state: &watch::Sender<State>, done: u64, total: Option<u64>) {
 }
 
 /// Refuses an asset larger than the whole cache may be.
-fn check_fits(shared: &Shared, size: u64) -> Result<(), FetchError> {
-    match shared.options.evict.max_bytes {
+fn check_fits(inner: &Inner, size: u64) -> Result<(), FetchError> {
+    match inner.cache.max_bytes() {
         Some(max) if size > max => Err(FetchError::NeverFits { size, max }),
         _ => Ok(()),
     }
 }
 
-fn check_space(shared: &Shared, needed: u64) -> Result<(), FetchError> {
-    shared
+fn check_space(inner: &Inner, needed: u64) -> Result<(), FetchError> {
+    inner
         .store
-        .check_space(needed, shared.options.reserve_free)
+        .check_space(needed, inner.fetch.reserve_free.0)
         .map_err(FetchError::Store)
 }
 
@@ -341,6 +385,21 @@ fn is_local(err: &FetchError) -> bool {
         FetchError::RequestTooLarge { .. }
         | FetchError::NeverFits { .. }
         | FetchError::Lost { .. } => true,
+        _ => false,
+    }
+}
+
+/// Failures that depend on the callers' terms (a limit, a size), which
+/// callers who joined since may not share.
+fn is_terms_error(err: &FetchError) -> bool {
+    match err {
+        FetchError::Store(e) => matches!(
+            e,
+            StoreError::LimitExceeded { .. } | StoreError::SizeMismatch { .. }
+        ),
+        FetchError::RequestTooLarge { .. }
+        | FetchError::DeclaredTooLarge { .. }
+        | FetchError::DeclaredSizeMismatch { .. } => true,
         _ => false,
     }
 }

@@ -1,18 +1,24 @@
 //! The gRPC edge: the unix socket, the `assetd.v1.Assets` service, gRPC
-//! health and reflection. Requests are validated and errors mapped to
-//! `tonic::Status` here, once; no I/O logic lives here.
+//! health and reflection. Talks only to [`crate::fetch`].
+//!
+//! - [`request`]: a request parsed once into typed values plus the caller's
+//!   identity and role;
+//! - [`status`]: the one mapping from errors to `tonic::Status`;
+//! - [`convert`]: typed results into proto messages;
+//! - `assets` (the handlers) and `progress` (the server streams).
 
 mod assets;
 mod authority;
+mod convert;
 mod progress;
+mod request;
 mod socket;
+mod status;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::net::UnixListener;
 use tokio::sync::oneshot;
 
 use tokio_stream::wrappers::UnixListenerStream;
@@ -21,6 +27,8 @@ use tonic::transport::Server;
 use crate::fetch::Fetcher;
 use crate::proto::assets_server::AssetsServer;
 pub use assets::AssetsService;
+pub use socket::Listener;
+pub use status::{RequestError, status};
 
 /// The encoded descriptors of `assetd.v1`, served by reflection.
 const DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("assetd_descriptor");
@@ -53,6 +61,9 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The listener was already taken.
+    #[error("no listener to serve on")]
+    NoListener,
     /// Building the reflection service failed.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -61,26 +72,17 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Binds the unix socket at `path`, creating its folder. A stale socket
-/// file (nobody answers) is replaced; a live one is
-/// [`ServerError::AlreadyServing`].
-pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
-    socket::bind(path)
-}
-
-/// Removes the socket file at `path`; a failure is only logged.
-pub fn unbind(path: &Path) {
-    socket::remove(path)
-}
-
-/// Serves the API on `listener` (bound at `socket`) until `shutdown`
-/// completes, then removes the socket file.
+/// Serves the API on `listener` until `shutdown` completes: then health
+/// flips to `NOT_SERVING`, no new connection is taken, and calls in flight
+/// get [`SHUTDOWN_GRACE`] to finish. The socket file goes with `listener`.
 pub async fn serve(
-    fetcher: Arc<Fetcher>,
-    listener: UnixListener,
-    socket: &Path,
+    fetcher: Fetcher,
+    mut listener: Listener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let Some(unix) = listener.take() else {
+        return Err(ServerError::NoListener);
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AssetsServer<AssetsService>>().await;
     let reflection = || {
@@ -91,15 +93,24 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     // grpcurl 1.8.6 only speaks v1alpha.
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    tracing::info!(socket = %socket.display(), "serving");
+    let shown = listener.path().map(|p| p.display().to_string());
+    tracing::info!(socket = shown.as_deref().unwrap_or("inherited"), "serving");
     let (stopping, stopped) = oneshot::channel();
     let shutdown = async move {
         shutdown.await;
+        // INVARIANT: NOT_SERVING before the listener closes, so a health
+        // check on an open connection sees the daemon going.
+        health
+            .set_not_serving::<AssetsServer<AssetsService>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         let _ = stopping.send(());
     };
     // Every connection goes through FixAuthority so that grpcurl 1.8.6 works
     // with an absolute socket path.
-    let incoming = tokio_stream::StreamExt::map(UnixListenerStream::new(listener), |accepted| {
+    let incoming = tokio_stream::StreamExt::map(UnixListenerStream::new(unix), |accepted| {
         accepted.map(authority::FixAuthority::new)
     });
     let serving = Server::builder()
@@ -123,8 +134,7 @@ pub async fn serve(
             Ok(())
         }
     };
-    unbind(socket);
+    drop(listener);
     served?;
-    tracing::info!("stopped");
     Ok(())
 }

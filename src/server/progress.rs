@@ -12,8 +12,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::Instrument as _;
 
-use super::assets::{fetch_response, status};
-use crate::fetch::{PrewarmEvent, PrewarmKind, Progress, Started, Waiting};
+use super::convert::{fetch_response, progress};
+use super::status;
+use crate::fetch::{PrewarmEvent, PrewarmKind, Started, Waiting};
 use crate::proto::{self, fetch_event::Event, prewarm_event};
 
 /// Time between progress events: smooth for a bar, cheap for the daemon.
@@ -70,15 +71,6 @@ async fn follow(
 
 fn event(event: Event) -> proto::FetchEvent {
     proto::FetchEvent { event: Some(event) }
-}
-
-fn progress(p: &Progress) -> proto::Progress {
-    proto::Progress {
-        bytes_done: p.done,
-        bytes_total: p.total.unwrap_or(0),
-        bytes_per_second: p.rate(),
-        source: p.source.clone(),
-    }
 }
 
 /// What `Prewarm` returns.

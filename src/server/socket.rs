@@ -1,9 +1,10 @@
-//! The listening socket: one daemon per socket path.
+//! The listening socket: one daemon per socket path, removed when the
+//! daemon is done with it.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
 
@@ -13,9 +14,57 @@ use super::ServerError;
 /// operator grants a runtime access without making it root.
 const SOCKET_MODE: u32 = 0o660;
 
+/// A listening unix socket. One the daemon bound itself has its file removed
+/// when this is dropped, whatever path the daemon takes out.
+#[derive(Debug)]
+pub struct Listener {
+    listener: Option<UnixListener>,
+    /// The socket file to remove; `None` for a socket someone else owns.
+    path: Option<PathBuf>,
+}
+
+impl Listener {
+    /// Binds `path`, creating its folder. A stale socket file (nobody
+    /// answers) is replaced; a live one means another daemon
+    /// ([`ServerError::AlreadyServing`]). Needs a tokio runtime.
+    pub fn bind(path: &Path) -> Result<Listener, ServerError> {
+        Ok(Listener {
+            listener: Some(bind(path)?),
+            path: Some(path.to_owned()),
+        })
+    }
+
+    /// A socket bound by someone else (a test, systemd), left in place on
+    /// drop.
+    pub fn inherited(listener: UnixListener) -> Listener {
+        Listener {
+            listener: Some(listener),
+            path: None,
+        }
+    }
+
+    /// Where the socket is, for logs.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The listener, to serve on; the file stays until `self` is dropped.
+    pub(super) fn take(&mut self) -> Option<UnixListener> {
+        self.listener.take()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            remove(path);
+        }
+    }
+}
+
 /// Binds `path`, creating its folder. A stale socket file (nobody answers)
 /// is replaced; a live one means another daemon, and is refused.
-pub(super) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     let io = |op, source| ServerError::Io {
         op,
         path: path.to_owned(),
@@ -60,7 +109,7 @@ pub(super) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
 }
 
 /// Removes the socket file after serving; a failure is only logged.
-pub(super) fn remove(path: &Path) {
+fn remove(path: &Path) {
     if let Err(e) = fs::remove_file(path) {
         tracing::warn!(socket = %path.display(), error = %e, "could not remove socket");
     }

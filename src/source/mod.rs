@@ -134,9 +134,46 @@ pub fn redacted(url: &Url) -> String {
     text
 }
 
-/// [`redacted`] for a URL as given, which may not parse.
-pub fn redacted_str(url: &str) -> String {
-    Url::parse(url).map_or_else(|_| url.to_owned(), |u| redacted(&u))
+/// A source URL, parsed once at the edge, with its redacted form for logs,
+/// messages and metadata (see [`redacted`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceUrl {
+    url: Url,
+    redacted: String,
+}
+
+impl SourceUrl {
+    /// Parses `text`. Errors: [`SourceError::InvalidUrl`].
+    pub fn parse(text: &str) -> Result<SourceUrl, SourceError> {
+        let url = Url::parse(text).map_err(|e| SourceError::InvalidUrl {
+            url: text.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(SourceUrl::from(url))
+    }
+
+    /// The URL itself, secrets and all: for the source that reads it only.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The URL fit for logs, messages and metadata.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+}
+
+impl From<Url> for SourceUrl {
+    fn from(url: Url) -> SourceUrl {
+        let redacted = redacted(&url);
+        SourceUrl { url, redacted }
+    }
+}
+
+impl std::fmt::Display for SourceUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted)
+    }
 }
 
 impl SourceError {
@@ -279,21 +316,16 @@ impl Sources {
         Ok(Sources { by_scheme })
     }
 
-    /// Parses `url` and finds its source. Errors: [`SourceError::InvalidUrl`],
-    /// [`SourceError::UnsupportedScheme`].
-    pub fn resolve(&self, url: &str) -> Result<(Url, Arc<dyn Source>), SourceError> {
-        let parsed = Url::parse(url).map_err(|e| SourceError::InvalidUrl {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })?;
-        match self.by_scheme.get(parsed.scheme()) {
-            Some(source) => Ok((parsed, source.clone())),
+    /// The source for `url`'s scheme. Errors: [`SourceError::UnsupportedScheme`].
+    pub fn resolve(&self, url: &SourceUrl) -> Result<Arc<dyn Source>, SourceError> {
+        match self.by_scheme.get(url.url().scheme()) {
+            Some(source) => Ok(source.clone()),
             None => {
                 let mut supported: Vec<_> = self.by_scheme.keys().copied().collect();
                 supported.sort_unstable();
                 Err(SourceError::UnsupportedScheme {
-                    url: url.to_owned(),
-                    scheme: parsed.scheme().to_owned(),
+                    url: url.redacted().to_owned(),
+                    scheme: url.url().scheme().to_owned(),
                     supported: supported.join(", "),
                 })
             }
@@ -308,12 +340,15 @@ mod tests {
     #[test]
     fn resolve_refuses_malformed_urls_and_unknown_schemes() {
         let sources = Sources::new(Vec::new(), None, true).unwrap();
-        let err = sources.resolve("not a url").err().unwrap();
+        let err = SourceUrl::parse("not a url").err().unwrap();
         assert!(matches!(err, SourceError::InvalidUrl { .. }), "{err}");
         assert!(err.to_string().contains("\"not a url\""), "{err}");
-        let err = sources.resolve("ftp://host/x").err().unwrap();
+        let ftp = SourceUrl::parse("ftp://u:secret@host/x?sig=abc").unwrap();
+        let err = sources.resolve(&ftp).err().unwrap();
         assert!(err.to_string().contains("\"ftp\""), "{err}");
         assert!(err.to_string().contains("file, gs, http, https"), "{err}");
-        assert!(sources.resolve("https://host/x").is_ok());
+        assert!(!err.to_string().contains("secret") && !err.to_string().contains("abc"));
+        let https = SourceUrl::parse("https://host/x").unwrap();
+        assert!(sources.resolve(&https).is_ok());
     }
 }

@@ -11,10 +11,11 @@
 //! [`Ingest`] is dropped (the caller went away) or aborted, the writer sees
 //! its queue close and deletes the file; [`Ingest::abort`] waits for that.
 
-use std::fs::{self, File, Permissions};
+use std::fs::{File, Permissions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 
 use bytes::Bytes;
@@ -23,6 +24,8 @@ use tempfile::NamedTempFile;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::index::Entry;
+use super::meta::now_ms;
 use super::writer::Writer;
 use super::{Blob, Store, StoreError, fsync_dir};
 use crate::digest::Digest;
@@ -51,13 +54,12 @@ pub struct Ingest {
     writer: Option<JoinHandle<Result<NamedTempFile, StoreError>>>,
     hasher: JoinHandle<[u8; 32]>,
     temp_path: PathBuf,
-    blob_path: PathBuf,
-    blobs_dir: PathBuf,
+    store: Arc<Store>,
 }
 
 impl Ingest {
     pub(super) fn start(
-        store: &Store,
+        store: &Arc<Store>,
         expected: Digest,
         size: Option<u64>,
         limit: u64,
@@ -82,9 +84,16 @@ impl Ingest {
             writer: Some(writer),
             hasher,
             temp_path,
-            blob_path: store.blob_path(&expected),
-            blobs_dir: store.blobs.clone(),
+            store: store.clone(),
         })
+    }
+
+    /// Changes the expected size and the limit for the bytes still to come
+    /// (a shared transfer's terms change as callers join and leave). Bytes
+    /// already accepted are judged at the next write or at commit.
+    pub fn set_terms(&mut self, size: Option<u64>, limit: u64) {
+        self.size = size;
+        self.limit = limit;
     }
 
     /// Bytes accepted so far.
@@ -121,9 +130,10 @@ impl Ingest {
     }
 
     /// Verifies and publishes the asset: checks the size and digest, fsyncs,
-    /// makes the file read-only, renames it into `blobs/` and fsyncs the
-    /// folder. On any error the temp file is gone when this returns.
-    pub async fn commit(mut self) -> Result<Blob, StoreError> {
+    /// makes the file read-only, renames it into `blobs/`, fsyncs the folder
+    /// and records it as fetched from `url` (redacted) and handed out now. On
+    /// any error the temp file is gone when this returns.
+    pub async fn commit(mut self, url: &str) -> Result<Blob, StoreError> {
         self.send_batch().await?;
         let Ingest {
             tx,
@@ -156,15 +166,9 @@ impl Ingest {
                 actual,
             });
         }
-        let (blob_path, blobs_dir) = (self.blob_path, self.blobs_dir);
-        let publish = move || publish(temp, blob_path, &blobs_dir);
-        let (path, meta) = join(tokio::task::spawn_blocking(publish), &temp_path).await??;
-        Ok(Blob {
-            digest: actual,
-            path,
-            size: meta.len(),
-            added_unix_seconds: meta.mtime(),
-        })
+        let (store, url) = (self.store, url.to_owned());
+        let publish = move || store.publish(temp, actual, &url);
+        join(tokio::task::spawn_blocking(publish), &temp_path).await?
     }
 
     /// Gives up: the temp file is removed by the time this returns.
@@ -243,30 +247,63 @@ fn hash_all(rx: std_mpsc::Receiver<Vec<Bytes>>) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// The commit sequence, in an order that must not change.
-fn publish(
-    temp: NamedTempFile,
-    blob_path: PathBuf,
-    blobs_dir: &std::path::Path,
-) -> Result<(PathBuf, fs::Metadata), StoreError> {
-    let wrap = |op| StoreError::io(op, temp.path());
-    // INVARIANT: data and mode are durable before the name appears.
-    temp.as_file()
-        .set_permissions(Permissions::from_mode(0o444))
-        .map_err(wrap("chmod"))?;
-    temp.as_file().sync_all().map_err(wrap("fsync"))?;
-    let file: File = temp
-        .persist(&blob_path)
-        .map_err(|e| StoreError::io("rename", &blob_path)(e.error))?;
-    fsync_dir(blobs_dir)?;
-    let meta = file
-        .metadata()
-        .map_err(StoreError::io("stat", &blob_path))?;
-    Ok((blob_path, meta))
+impl Store {
+    /// The commit sequence, in an order that must not change. Blocking.
+    fn publish(&self, temp: NamedTempFile, digest: Digest, url: &str) -> Result<Blob, StoreError> {
+        let wrap = |op| StoreError::io(op, temp.path());
+        // INVARIANT: data and mode are durable before the name appears.
+        temp.as_file()
+            .set_permissions(Permissions::from_mode(0o444))
+            .map_err(wrap("chmod"))?;
+        temp.as_file().sync_all().map_err(wrap("fsync"))?;
+        let blob_path = self.blob_path(&digest);
+        let (blob, record) = {
+            // INVARIANT: the name appears and enters the index under the
+            // files lock, so no removal can interleave (see `index`).
+            let _files = self.files();
+            let file: File = temp
+                .persist(&blob_path)
+                .map_err(|e| StoreError::io("rename", &blob_path)(e.error))?;
+            fsync_dir(&self.blobs)?;
+            let meta = file
+                .metadata()
+                .map_err(StoreError::io("stat", &blob_path))?;
+            let entry = Entry {
+                size: meta.len(),
+                added: meta.mtime(),
+                last_used: 0,
+                handed_out: 0,
+                urls: Vec::new(),
+                pins: Vec::new(),
+                dirty: false,
+            };
+            let mut index = self.index();
+            index.insert(digest, entry, url, now_ms());
+            let record = index.get(&digest).map(Entry::record);
+            let blob = Blob {
+                digest,
+                path: blob_path,
+                size: meta.len(),
+                added_unix_seconds: meta.mtime(),
+            };
+            (blob, record)
+        };
+        // The blob is verified and in place: a metadata failure is logged,
+        // not turned into a failed fetch (reconcile re-adds it at start, and
+        // the next flush retries the record).
+        if let Some(record) = record
+            && let Err(e) = self.meta.put(&[(digest, record)])
+        {
+            tracing::warn!(%digest, error = %e, "recording the new asset failed");
+        }
+        Ok(blob)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn digest(bytes: &[u8]) -> Digest {
@@ -278,7 +315,7 @@ mod tests {
     }
 
     async fn ingest(
-        store: &Store,
+        store: &Arc<Store>,
         bytes: &[u8],
         expected: Digest,
         size: Option<u64>,
@@ -291,13 +328,13 @@ mod tests {
                 return Err(e);
             }
         }
-        ingest.commit().await
+        ingest.commit("http://h/x").await
     }
 
     #[tokio::test]
     async fn commit_publishes_verified_read_only_blob() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
         let bytes = vec![3u8; 3 << 20];
         let blob = ingest(
             &store,
@@ -319,7 +356,7 @@ mod tests {
     #[tokio::test]
     async fn commit_rejects_digest_mismatch_and_removes_temp_file() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
         let wrong = digest(b"something else");
         let err = ingest(&store, &[1u8; 5000], wrong, None, u64::MAX)
             .await
@@ -329,13 +366,13 @@ mod tests {
             "{err}"
         );
         assert_eq!(files(store.ingest_dir()), 0);
-        assert!(store.stat(&wrong).unwrap().is_none());
+        assert!(store.stat(&wrong).is_none());
     }
 
     #[tokio::test]
     async fn write_refuses_chunk_past_limit_without_writing_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
         let bytes = vec![5u8; 1000];
         let mut ingest = store.ingest(digest(&bytes), None, 999).unwrap();
         let err = ingest.write(Bytes::from(bytes)).await.unwrap_err();
@@ -351,7 +388,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_an_ingest_removes_its_temp_file() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
         let mut ingest = store.ingest(digest(b"x"), None, u64::MAX).unwrap();
         ingest.write(Bytes::from(vec![0u8; 2 << 20])).await.unwrap();
         assert_eq!(files(store.ingest_dir()), 1);

@@ -3,7 +3,8 @@
 //!
 //! Invariant: a leased asset is never deleted except by an explicit forced
 //! delete, and never evicted; a blob that fails verification leaves `blobs/`
-//! (for `quarantine/`) before anyone can be given its path again.
+//! (for `quarantine/`) before anyone can be given its path again. How pins
+//! and removals stay atomic is in [`super::index`].
 
 use std::collections::HashSet;
 use std::fs;
@@ -12,7 +13,8 @@ use std::os::unix::fs::MetadataExt as _;
 
 use sha2::{Digest as _, Sha256};
 
-use super::meta::{Pin, Record, now_ms};
+use super::index::{Entry, Refusal, Removal};
+use super::meta::{Pin, now_ms};
 use super::{Blob, Store, StoreError, fsync_dir};
 use crate::digest::Digest;
 
@@ -53,6 +55,9 @@ pub struct EvictPolicy {
     pub min_free_bytes: u64,
     /// Free share of the file system to keep, in percent.
     pub min_free_percent: u8,
+    /// How long a path handed out without a lease is kept from eviction,
+    /// unless free space is below the floor.
+    pub grace: std::time::Duration,
 }
 
 /// A blob that failed verification.
@@ -67,97 +72,133 @@ pub struct Corrupt {
 }
 
 impl Store {
-    /// One asset with its metadata; `Ok(None)` when it is not cached.
-    pub fn info(&self, digest: &Digest) -> Result<Option<AssetInfo>, StoreError> {
-        let Some(blob) = self.stat(digest)? else {
-            return Ok(None);
-        };
-        let record = self.meta.get(digest)?;
-        let pins = self.meta.pins_of(digest)?;
-        Ok(Some(with_meta(blob, record, pins)))
+    /// One asset with its metadata; `None` when it is not cached. Memory only.
+    pub fn info(&self, digest: &Digest) -> Option<AssetInfo> {
+        let index = self.index();
+        let now = now_ms();
+        index.get(digest).map(|e| self.asset_info(digest, e, now))
     }
 
-    /// Assets matching `query`, in digest order.
-    pub fn list(&self, query: &ListQuery) -> Result<Vec<AssetInfo>, StoreError> {
+    /// Assets matching `query`, in digest order. Memory only.
+    pub fn list(&self, query: &ListQuery) -> Vec<AssetInfo> {
+        let index = self.index();
         let now = now_ms();
-        let mut found = Vec::new();
-        let mut failed = None;
-        self.meta.scan(query.after.as_ref(), |digest, record| {
-            let held: Vec<Pin> = self
-                .meta
-                .pins_of(&digest)?
-                .into_iter()
-                .filter(|p| p.holds(now))
-                .collect();
-            let wanted = query
-                .lease
-                .as_ref()
-                .is_none_or(|l| held.iter().any(|p| &p.lease == l))
-                && query
-                    .url_prefix
+        index
+            .range_after(query.after.as_ref())
+            .filter(|(_, e)| {
+                let held = || e.pins.iter().filter(|p| p.holds(now));
+                query
+                    .lease
                     .as_ref()
-                    .is_none_or(|u| record.urls.iter().any(|r| r.starts_with(u)))
-                && (!query.unleased || held.is_empty());
-            // A file removed behind the daemon's back is not listed.
-            match self.stat(&digest) {
-                Ok(Some(blob)) if wanted => found.push(with_meta(blob, Some(record), held)),
-                Ok(_) => {}
-                Err(e) => failed = Some(e),
-            }
-            Ok(failed.is_none() && found.len() < query.limit)
-        })?;
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(found),
+                    .is_none_or(|l| held().any(|p| &p.lease == l))
+                    && query
+                        .url_prefix
+                        .as_ref()
+                        .is_none_or(|u| e.urls.iter().any(|r| r.starts_with(u)))
+                    && (!query.unleased || held().next().is_none())
+            })
+            .take(query.limit)
+            .map(|(d, e)| self.asset_info(d, e, now))
+            .collect()
+    }
+
+    fn asset_info(&self, digest: &Digest, entry: &Entry, now: u64) -> AssetInfo {
+        AssetInfo {
+            blob: self.blob(digest, entry),
+            last_used: entry.last_used,
+            urls: entry.urls.clone(),
+            pins: entry
+                .pins
+                .iter()
+                .filter(|p| p.holds(now))
+                .cloned()
+                .collect(),
         }
     }
 
-    /// Records that `blob` was fetched from `url` (`new` when it just
-    /// entered the cache, which is made durable).
-    pub fn used(&self, blob: &Blob, url: &str, new: bool) -> Result<(), StoreError> {
-        self.meta
-            .used(&blob.digest, blob.size, url, blob.added_unix_seconds, new)
-            .map_err(StoreError::from)
+    /// How many assets and bytes are cached. Memory only.
+    pub fn totals(&self) -> (usize, u64) {
+        let index = self.index();
+        (index.len(), index.bytes())
     }
 
-    /// Pins `digest` for `lease` until `expires` (Unix ms), or for ever.
+    /// Pins `digest` for `lease` until `expires` (Unix ms), or for ever, if it
+    /// is cached: `Ok(false)` when it is not (the caller fetches it again).
+    /// Once this returns `Ok(true)` no delete (short of a forced one) or
+    /// eviction removes the asset while the pin holds. Blocking: the pin is
+    /// durable when this returns.
     pub fn pin(
         &self,
         digest: &Digest,
         lease: &str,
         expires: Option<u64>,
-    ) -> Result<(), StoreError> {
-        self.meta
-            .pin(digest, lease, expires)
-            .map_err(StoreError::from)
-    }
-
-    /// Drops every pin of `lease`; returns how many.
-    pub fn release(&self, lease: &str) -> Result<usize, StoreError> {
-        self.meta.release(lease).map_err(StoreError::from)
-    }
-
-    /// Drops lapsed pins; returns how many.
-    pub fn sweep_lapsed(&self) -> Result<usize, StoreError> {
-        self.meta.sweep_lapsed(now_ms()).map_err(StoreError::from)
-    }
-
-    /// Removes a cached asset; `Ok(None)` when it was not cached, else its
-    /// size. Refused while a lease holds it, unless `force`. Sandboxes that
-    /// opened the file keep reading it until they close it.
-    pub fn delete(&self, digest: &Digest, force: bool) -> Result<Option<u64>, StoreError> {
-        let holders = self.holders(digest)?;
-        if !force && !holders.is_empty() {
-            return Err(StoreError::Leased {
-                digest: *digest,
-                leases: holders.join(", "),
-            });
+    ) -> Result<bool, StoreError> {
+        let previous = {
+            let mut index = self.index();
+            let previous = index
+                .get(digest)
+                .and_then(|e| e.pins.iter().find(|p| p.lease == lease).cloned());
+            if !index.pin(digest, lease, expires) {
+                return Ok(false);
+            }
+            previous
+        };
+        // The pin holds in memory from here on, so nothing can remove the
+        // asset while it is being made durable.
+        if let Err(e) = self.meta.pin(digest, lease, expires) {
+            self.index().unpin(digest, lease, previous);
+            return Err(e.into());
         }
-        self.remove_blob(digest)
+        Ok(true)
     }
 
-    /// Evicts least recently used, unleased assets not in `keep` until the
-    /// cache is within `policy`; with `dry_run`, only says which would go.
+    /// Drops every pin of `lease`; returns how many. Blocking.
+    pub fn release(&self, lease: &str) -> Result<usize, StoreError> {
+        let released = self.meta.release(lease)?;
+        self.index().release(lease);
+        Ok(released)
+    }
+
+    /// Drops lapsed pins; returns how many. Blocking.
+    pub fn sweep_lapsed(&self) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let swept = self.meta.sweep_lapsed(now)?;
+        self.index().sweep_lapsed(now);
+        Ok(swept)
+    }
+
+    /// Writes the last-use times and URLs noted since the last flush to
+    /// `meta.redb`, in one durable transaction; returns how many. Blocking.
+    pub fn flush_uses(&self) -> Result<usize, StoreError> {
+        let dirty = self.index().take_dirty();
+        if let Err(e) = self.meta.put(&dirty) {
+            self.index().mark_dirty(dirty.iter().map(|(d, _)| *d));
+            return Err(e.into());
+        }
+        Ok(dirty.len())
+    }
+
+    /// Removes a cached asset; returns its size. Refused while a lease holds
+    /// it ([`StoreError::Leased`]), unless `force`; [`StoreError::NotCached`]
+    /// when it is not cached. Sandboxes that opened the file keep reading it
+    /// until they close it. Blocking.
+    pub fn delete(&self, digest: &Digest, force: bool) -> Result<u64, StoreError> {
+        match self.remove(digest, Removal::Delete { force })? {
+            Ok(size) => Ok(size),
+            Err(Refusal::Leased(leases)) => Err(StoreError::Leased {
+                digest: *digest,
+                leases: leases.join(", "),
+            }),
+            Err(Refusal::Absent | Refusal::InGrace) => {
+                Err(StoreError::NotCached { digest: *digest })
+            }
+        }
+    }
+
+    /// Evicts least recently used assets not in `keep` until the cache is
+    /// within `policy`: never a leased one, and not one handed out within
+    /// `policy.grace` unless free space is below its floor. With `dry_run`,
+    /// only says which would go. Blocking.
     pub fn evict(
         &self,
         policy: &EvictPolicy,
@@ -174,45 +215,42 @@ impl Store {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = now_ms();
-        let mut records: Vec<(Digest, Record)> = self.meta.records()?.into_iter().collect();
-        records.sort_by_key(|(_, r)| r.last_used);
-        let pins = self.meta.pins()?;
-        let mut total: u64 = records.iter().map(|(_, r)| r.size).sum();
+        let (order, mut total) = {
+            let index = self.index();
+            (index.eviction_order(keep, now), index.bytes())
+        };
         let (mut free, fs_size) = self.space()?;
         let want_free = policy
             .min_free_bytes
             .max(fs_size / 100 * u64::from(policy.min_free_percent));
+        let grace_ms = u64::try_from(policy.grace.as_millis()).unwrap_or(u64::MAX);
         let mut evicted = Vec::new();
-        for (digest, record) in records {
-            let over = policy.max_bytes.is_some_and(|m| total > m) || free < want_free;
-            if !over {
+        for (digest, size) in order {
+            let floor = free < want_free;
+            if !floor && policy.max_bytes.is_none_or(|m| total <= m) {
                 break;
             }
-            let leased = pins
-                .get(&digest)
-                .is_some_and(|p| p.iter().any(|p| p.holds(now)));
-            if leased || keep.contains(&digest) {
-                continue;
-            }
-            // Gone already (deleted meanwhile): it no longer counts either.
-            if !dry_run && self.remove_blob(&digest)?.is_none() {
-                total = total.saturating_sub(record.size);
-                continue;
-            }
-            total = total.saturating_sub(record.size);
-            free = free.saturating_add(record.size);
+            let why = Removal::Evict { grace_ms, floor };
+            let gone = if dry_run {
+                self.index().evictable(&digest, why, now).then_some(size)
+            } else {
+                self.remove(&digest, why)?.ok()
+            };
+            let Some(size) = gone else { continue };
+            total = total.saturating_sub(size);
+            free = free.saturating_add(size);
             evicted.push(Blob {
                 digest,
                 path: self.blob_path(&digest),
-                size: record.size,
-                added_unix_seconds: record.added,
+                size,
+                added_unix_seconds: 0,
             });
         }
         Ok(evicted)
     }
 
     /// Re-hashes a blob. A mismatch moves it to `quarantine/` and forgets
-    /// it; `Ok(None)` when it verifies (or is not cached).
+    /// it; `Ok(None)` when it verifies (or is not cached). Blocking.
     pub fn verify(&self, digest: &Digest) -> Result<Option<Corrupt>, StoreError> {
         let path = self.blob_path(digest);
         let mut file = match fs::File::open(&path) {
@@ -220,6 +258,10 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StoreError::io("open", &path)(e)),
         };
+        let inode = file
+            .metadata()
+            .map_err(StoreError::io("stat", &path))?
+            .ino();
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -236,10 +278,23 @@ impl Store {
         let quarantine = self.root.join("quarantine");
         super::mkdir(&quarantine, 0o700)?;
         let moved = quarantine.join(format!("{}.{}", digest.hex(), now_ms()));
-        // INVARIANT: out of blobs/ first, so its path is never handed out again.
-        fs::rename(&path, &moved).map_err(StoreError::io("rename", &path))?;
-        fsync_dir(&self.blobs)?;
-        self.meta.remove(digest)?;
+        {
+            let _files = self.files();
+            // Deleted and fetched again while we hashed: the new file is
+            // another one, verified by its own commit.
+            match fs::metadata(&path) {
+                Ok(m) if m.ino() == inode => {}
+                _ => return Ok(None),
+            }
+            // INVARIANT: out of the index and blobs/ first, so its path is
+            // never handed out again.
+            self.index()
+                .take(digest, Removal::Delete { force: true }, 0)
+                .ok();
+            fs::rename(&path, &moved).map_err(StoreError::io("rename", &path))?;
+            fsync_dir(&self.blobs)?;
+            self.meta.remove(digest)?;
+        }
         tracing::error!(%digest, %actual, quarantined = %moved.display(), "blob failed verification");
         Ok(Some(Corrupt {
             digest: *digest,
@@ -248,50 +303,34 @@ impl Store {
         }))
     }
 
-    /// Every cached digest, per the metadata.
-    pub fn digests(&self) -> Result<Vec<Digest>, StoreError> {
-        let mut all: Vec<Digest> = self.meta.records()?.into_keys().collect();
-        all.sort_unstable();
-        Ok(all)
+    /// Every cached digest, in order. Memory only.
+    pub fn digests(&self) -> Vec<Digest> {
+        self.index().digests()
     }
 
-    /// Leases holding `digest` now.
-    fn holders(&self, digest: &Digest) -> Result<Vec<String>, StoreError> {
-        let now = now_ms();
-        let pins = self.meta.pins_of(digest)?;
-        Ok(pins
-            .into_iter()
-            .filter(|p| p.holds(now))
-            .map(|p| p.lease)
-            .collect())
-    }
-
-    /// Unlinks a blob and forgets it; `Ok(None)` when it was not there.
-    fn remove_blob(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
-        let path = self.blob_path(digest);
-        let size = match fs::metadata(&path) {
-            Ok(meta) => meta.size(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.meta.remove(digest)?;
-                return Ok(None);
-            }
-            Err(e) => return Err(StoreError::io("stat", &path)(e)),
+    /// Takes `digest` out of the index if `why` allows it, then unlinks its
+    /// file and forgets its record: `Ok(Ok(size))` when removed,
+    /// `Ok(Err(refusal))` when not allowed or not there. Blocking.
+    fn remove(&self, digest: &Digest, why: Removal) -> Result<Result<u64, Refusal>, StoreError> {
+        let _files = self.files();
+        let entry = match self.index().take(digest, why, now_ms()) {
+            Ok(entry) => entry,
+            Err(refusal) => return Ok(Err(refusal)),
         };
+        let path = self.blob_path(digest);
         // INVARIANT: the file goes before its record; a crash in between
         // leaves a record without a file, which the next start drops.
-        fs::remove_file(&path).map_err(StoreError::io("remove", &path))?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                // Still there: it stays served.
+                self.index().insert_back(*digest, entry);
+                return Err(StoreError::io("remove", &path)(e));
+            }
+        }
         fsync_dir(&self.blobs)?;
         self.meta.remove(digest)?;
-        Ok(Some(size))
-    }
-}
-
-fn with_meta(blob: Blob, record: Option<Record>, pins: Vec<Pin>) -> AssetInfo {
-    let (last_used, urls) = record.map_or((0, Vec::new()), |r| (r.last_used, r.urls));
-    AssetInfo {
-        blob,
-        last_used,
-        urls,
-        pins,
+        Ok(Ok(entry.size))
     }
 }

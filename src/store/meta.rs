@@ -4,17 +4,18 @@
 //! Kept in redb (`<root>/meta.redb`), a crash-safe embedded store, but never
 //! the only truth: at every start it is reconciled with `blobs/` (records
 //! without a file go, files without a record are added), and a damaged
-//! database is moved aside and rebuilt from `blobs/`. Last-use updates are
-//! committed without an fsync (a crash may lose the newest few; redb keeps
-//! the database consistent); everything else is durable when it returns.
+//! database is moved aside and rebuilt from `blobs/`. Every write is durable
+//! when it returns; last-use times reach it in batches (see
+//! [`super::Store::flush_uses`]), so a crash loses at most the last few
+//! seconds of LRU order.
 
 use std::collections::{HashMap, HashSet};
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
+use super::index::{Entry, Index};
 use crate::digest::Digest;
 
 /// Digest bytes → JSON [`Record`].
@@ -194,80 +195,32 @@ impl Meta {
         read().map_err(self.fail())
     }
 
-    /// The record of `digest`, if any.
-    pub fn get(&self, digest: &Digest) -> Result<Option<Record>, MetaError> {
-        let read = || -> Result<Option<Record>, redb::Error> {
-            let tx = self.db.begin_read()?;
-            let table = match tx.open_table(ASSETS) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            Ok(table
-                .get(&digest_key(digest)[..])?
-                .and_then(|v| decode(v.value())))
-        };
-        read().map_err(self.fail())
+    /// Every record with its pins, as the in-memory index.
+    pub fn load(&self) -> Result<Index, MetaError> {
+        let mut pins = self.pins()?;
+        let entries = self
+            .records()?
+            .into_iter()
+            .map(|(digest, record)| {
+                let pins = pins.remove(&digest).unwrap_or_default();
+                (digest, Entry::from_record(record, pins))
+            })
+            .collect();
+        Ok(Index::new(entries))
     }
 
-    /// Visits records in digest order, starting after `after`, until `visit`
-    /// returns false. Reads only what it visits, so a page of a large cache
-    /// costs a page.
-    pub fn scan(
-        &self,
-        after: Option<&Digest>,
-        mut visit: impl FnMut(Digest, Record) -> Result<bool, MetaError>,
-    ) -> Result<(), MetaError> {
-        let tx = self.db.begin_read().map_err(|e| self.fail()(e.into()))?;
-        let table = match tx.open_table(ASSETS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-            Err(e) => return Err(self.fail()(e.into())),
-        };
-        let start = after.map(digest_key);
-        let bounds = match &start {
-            Some(key) => (Bound::Excluded(&key[..]), Bound::Unbounded),
-            None => (Bound::Unbounded, Bound::Unbounded),
-        };
-        for entry in table
-            .range::<&[u8]>(bounds)
-            .map_err(|e| self.fail()(e.into()))?
-        {
-            let (key, value) = entry.map_err(|e| self.fail()(e.into()))?;
-            if let (Some(digest), Some(record)) = (digest_from(key.value()), decode(value.value()))
-                && !visit(digest, record)?
-            {
-                break;
-            }
+    /// Writes `records`, durably (one fsync for the batch).
+    pub fn put(&self, records: &[(Digest, Record)]) -> Result<(), MetaError> {
+        if records.is_empty() {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    /// The pins of one asset.
-    pub fn pins_of(&self, digest: &Digest) -> Result<Vec<Pin>, MetaError> {
-        let read = || -> Result<Vec<Pin>, redb::Error> {
-            let tx = self.db.begin_read()?;
-            let table = match tx.open_table(PINS) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
-            };
-            let key = digest_key(digest);
-            let mut pins = Vec::new();
-            for entry in table.range((&key[..], "")..)? {
-                let (k, v) = entry?;
-                let (d, lease) = k.value();
-                if d != &key[..] {
-                    break;
-                }
-                pins.push(Pin {
-                    lease: lease.to_owned(),
-                    expires: (v.value() != 0).then(|| v.value()),
-                });
+        self.write(Durability::Immediate, |tx| {
+            let mut assets = tx.open_table(ASSETS)?;
+            for (digest, record) in records {
+                assets.insert(&digest_key(digest)[..], encode(record).as_str())?;
             }
-            Ok(pins)
-        };
-        read().map_err(self.fail())
+            Ok(())
+        })
     }
 
     /// Every pin, by digest.
@@ -293,41 +246,6 @@ impl Meta {
             Ok(all)
         };
         read().map_err(self.fail())
-    }
-
-    /// Records a fetch of `digest` (size `size`) from `url` now: adds the
-    /// asset if new, else updates its last use and URLs. Durable only when
-    /// `durable` (a new asset); a last-use touch is not worth an fsync.
-    pub fn used(
-        &self,
-        digest: &Digest,
-        size: u64,
-        url: &str,
-        added: i64,
-        durable: bool,
-    ) -> Result<(), MetaError> {
-        let durability = if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        self.write(durability, |tx| {
-            let mut assets = tx.open_table(ASSETS)?;
-            let key = digest_key(digest);
-            let old = assets.get(&key[..])?.and_then(|v| decode(v.value()));
-            let mut record = old.unwrap_or(Record {
-                size,
-                added,
-                last_used: 0,
-                urls: Vec::new(),
-            });
-            record.last_used = now_ms();
-            if !url.is_empty() && !record.urls.iter().any(|u| u == url) {
-                record.urls.push(url.to_owned());
-            }
-            assets.insert(&key[..], encode(&record).as_str())?;
-            Ok(())
-        })
     }
 
     /// Pins `digest` for `lease` until `expires` (Unix ms; `None` for never).

@@ -11,13 +11,20 @@
 //! ```
 //!
 //! The files are the truth: the metadata is reconciled with `blobs/` at
-//! every start and rebuilt from it when damaged.
+//! every start and rebuilt from it when damaged, then loaded into an
+//! in-memory index (see [`index`] for the lock discipline that keeps pins and
+//! removals atomic). Hits, `Stat` and `List` read only memory; every method
+//! that touches the disk or redb is blocking and documented so: the fetch
+//! layer runs those on tokio's blocking pool. A blocking pool rather than one
+//! store thread: redb already serializes its writers, and reads never reach
+//! redb, so a dedicated thread would add a queue hop and gain nothing.
 //!
 //! Invariant: a file under `blobs/` holds exactly the bytes its name says.
 //! Only [`Ingest::commit`] puts files there, after checking size and digest and
 //! fsyncing; a crash leaves at most a temp file in `ingest/`, which
 //! [`Store::open`] sweeps. The store knows nothing of networks or URLs.
 
+mod index;
 mod ingest;
 mod lifecycle;
 mod meta;
@@ -28,9 +35,12 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::digest::Digest;
+use index::{Entry, Index};
 pub use ingest::Ingest;
 pub use lifecycle::{AssetInfo, Corrupt, EvictPolicy, ListQuery};
 pub use meta::{MetaError, Pin, Record, now_ms};
@@ -61,6 +71,12 @@ pub enum StoreError {
     /// The metadata store failed.
     #[error(transparent)]
     Meta(#[from] MetaError),
+    /// The asset is not cached.
+    #[error("{digest} is not cached")]
+    NotCached {
+        /// The asset.
+        digest: Digest,
+    },
     /// The asset is pinned by a lease.
     #[error("{digest} is held by lease {leases}; release it or delete with force")]
     Leased {
@@ -152,8 +168,13 @@ pub struct Store {
     root: PathBuf,
     blobs: PathBuf,
     meta: meta::Meta,
-    /// Serializes eviction passes; a std mutex, held on blocking threads only.
-    evicting: std::sync::Mutex<()>,
+    /// What is cached; memory only, never held across I/O.
+    index: Mutex<Index>,
+    /// Held (on blocking threads only) across every change to the files in
+    /// `blobs/` and the matching index update; see [`index`].
+    files: Mutex<()>,
+    /// Serializes eviction passes; held on blocking threads only.
+    evicting: Mutex<()>,
     ingest: PathBuf,
     _lock: Flock<fs::File>,
 }
@@ -183,11 +204,14 @@ impl Store {
         // INVARIANT: the lock is held before anything in the root changes.
         sweep(&ingest)?;
         let meta = meta::Meta::open(root, &scan_blobs(&blobs)?)?;
+        let index = meta.load()?;
         Ok(Store {
             root: root.to_owned(),
             blobs,
             meta,
-            evicting: std::sync::Mutex::new(()),
+            index: Mutex::new(index),
+            files: Mutex::new(()),
+            evicting: Mutex::new(()),
             ingest,
             _lock: lock,
         })
@@ -203,19 +227,41 @@ impl Store {
         &self.ingest
     }
 
-    /// Looks up a cached asset; `Ok(None)` when it is not cached.
-    pub fn stat(&self, digest: &Digest) -> Result<Option<Blob>, StoreError> {
-        let path = self.blob_path(digest);
-        match fs::metadata(&path) {
-            Ok(meta) => Ok(Some(Blob {
-                digest: *digest,
-                path,
-                size: meta.len(),
-                added_unix_seconds: meta.mtime(),
-            })),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::io("stat", &path)(e)),
+    /// The cached asset `digest`, without noting a use; memory only.
+    pub fn stat(&self, digest: &Digest) -> Option<Blob> {
+        let index = self.index();
+        index.get(digest).map(|e| self.blob(digest, e))
+    }
+
+    /// A hit: the cached asset `digest`, noting a use from `url` (redacted)
+    /// now; `None` when not cached. Memory only: the use reaches `meta.redb`
+    /// at the next [`Store::flush_uses`].
+    pub fn lookup(&self, digest: &Digest, url: &str) -> Option<Blob> {
+        let mut index = self.index();
+        let entry = index.touch(digest, url, now_ms())?;
+        Some(Blob {
+            digest: *digest,
+            path: self.blob_path(digest),
+            size: entry.size,
+            added_unix_seconds: entry.added,
+        })
+    }
+
+    fn blob(&self, digest: &Digest, entry: &Entry) -> Blob {
+        Blob {
+            digest: *digest,
+            path: self.blob_path(digest),
+            size: entry.size,
+            added_unix_seconds: entry.added,
         }
+    }
+
+    fn index(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn files(&self) -> MutexGuard<'_, ()> {
+        self.files.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Bytes available on the store's file system, and its size.
@@ -250,12 +296,20 @@ impl Store {
     /// [`Ingest::write`], accepting at most `limit` bytes (and at most
     /// `size` when given). See [`Ingest`] for who cleans up.
     pub fn ingest(
-        &self,
+        self: &std::sync::Arc<Self>,
         expected: Digest,
         size: Option<u64>,
         limit: u64,
     ) -> Result<Ingest, StoreError> {
         Ingest::start(self, expected, size, limit)
+    }
+}
+
+impl Store {
+    /// Removes every temp file in `ingest/`: at shutdown, once no transfer
+    /// runs. Blocking.
+    pub fn sweep_ingest(&self) -> Result<(), StoreError> {
+        sweep(&self.ingest)
     }
 }
 

@@ -142,7 +142,9 @@ async fn list_filters_by_lease_url_prefix_and_unleased() {
 async fn eviction_keeps_leased_and_recent_assets_under_the_cap() {
     let http = HttpServer::start().await;
     let assets = serve_assets(&http, 4, 1 << 20, 120);
-    let daemon = TestDaemon::start_with(&["--max-cache-bytes", "3MiB"]);
+    // No grace: this is about the order of eviction (the grace has its own
+    // tests in seams.rs).
+    let daemon = TestDaemon::start_with(&["--max-cache-bytes", "3MiB", "--unleased-grace", "0s"]);
     let mut client = daemon.client().await;
     fetch_asset(&mut client, &assets[0], "pinned").await;
     for (url, _, digest) in &assets[1..3] {
@@ -161,8 +163,9 @@ async fn eviction_keeps_leased_and_recent_assets_under_the_cap() {
 async fn gc_dry_run_reports_and_gc_evicts_never_the_leased() {
     let http = HttpServer::start().await;
     let assets = serve_assets(&http, 2, 1 << 20, 130);
-    // The cap is below even one asset: only eviction by Gc can act.
-    let daemon = TestDaemon::start_with(&["--max-cache-bytes", "1MiB"]);
+    // The cap is below even one asset: only eviction by Gc can act. No
+    // grace, so the unleased asset may go as soon as its fetch is over.
+    let daemon = TestDaemon::start_with(&["--max-cache-bytes", "1MiB", "--unleased-grace", "0s"]);
     let mut client = daemon.client().await;
     fetch_asset(&mut client, &assets[0], "keep").await;
     fetch_asset(&mut client, &assets[1], "").await;
@@ -474,7 +477,15 @@ async fn kill_9_at_random_instants_never_corrupts_the_cache() {
         let slow = Reply::slow(body, 256 << 10, 10);
         *url = http.route(&format!("/slow/{i}"), slow);
     }
-    let args = ["--max-cache-bytes", "10MiB", "--gc-interval", "50ms"];
+    // No grace, so eviction keeps running between the kills.
+    let args = [
+        "--max-cache-bytes",
+        "10MiB",
+        "--gc-interval",
+        "50ms",
+        "--unleased-grace",
+        "0s",
+    ];
     let mut daemon = TestDaemon::start_with(&args);
     let mut rng = Rng::new(200);
     for round in 0..50 {

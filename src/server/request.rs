@@ -1,0 +1,186 @@
+//! Requests parsed once at the edge into typed values, with the caller's
+//! identity from the socket's peer credentials and the role it has.
+
+use std::time::Duration;
+
+use tonic::Request;
+use tonic::transport::server::UdsConnectInfo;
+
+use super::RequestError;
+use crate::digest::Digest;
+use crate::fetch::{Caller, Lease, Want};
+use crate::proto;
+use crate::source::SourceUrl;
+
+/// The longest lease name, in bytes.
+const MAX_LEASE_LEN: usize = 256;
+
+/// The caller of `request`, from the socket's peer credentials.
+pub(super) fn caller<T>(request: &Request<T>) -> Result<Caller, RequestError> {
+    let cred = request
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .ok_or_else(|| {
+            RequestError::Denied("the caller's credentials are unknown (not a unix socket)".into())
+        })?;
+    Ok(Caller {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid(),
+    })
+}
+
+/// A span naming the call and the caller, for the log lines the call makes.
+pub(super) fn span(call: &'static str, caller: &Caller) -> tracing::Span {
+    tracing::info_span!("rpc", call, uid = caller.uid, pid = caller.pid)
+}
+
+/// Changing the cache is for admins: root, or the daemon's own user. Every
+/// user with access to the socket may fetch and look.
+pub(super) fn require_admin(caller: &Caller) -> Result<(), RequestError> {
+    let me = nix::unistd::geteuid().as_raw();
+    if caller.uid == 0 || caller.uid == me {
+        return Ok(());
+    }
+    Err(RequestError::Denied(format!(
+        "only uid 0 or the daemon's uid {me} may change or verify the cache; the caller is uid {}",
+        caller.uid
+    )))
+}
+
+/// A `sha256:<hex>` digest.
+pub(super) fn digest(value: &str) -> Result<Digest, RequestError> {
+    value
+        .parse()
+        .map_err(|e: crate::digest::DigestError| RequestError::Invalid(e.to_string()))
+}
+
+/// An optional digest: empty for none.
+pub(super) fn optional_digest(value: &str) -> Result<Option<Digest>, RequestError> {
+    match value {
+        "" => Ok(None),
+        d => digest(d).map(Some),
+    }
+}
+
+/// A `List` page token: the last digest's hex, or empty for the first page.
+pub(super) fn page_token(token: &str) -> Result<Option<Digest>, RequestError> {
+    match token {
+        "" => Ok(None),
+        token => Digest::from_hex(token).map(Some).map_err(|e| {
+            RequestError::Invalid(format!("malformed page_token {token:?}: {}", e.reason))
+        }),
+    }
+}
+
+/// A fetch request from `caller`.
+pub(super) fn want(req: proto::FetchRequest, caller: Caller) -> Result<Want, RequestError> {
+    let lease = match req.lease.as_str() {
+        "" if req.lease_ttl_seconds > 0 => {
+            return Err(RequestError::Invalid(
+                "lease_ttl_seconds without a lease".into(),
+            ));
+        }
+        "" => None,
+        _ => Some(Lease {
+            name: lease(req.lease)?,
+            ttl: nonzero(req.lease_ttl_seconds).map(Duration::from_secs),
+        }),
+    };
+    let digest = digest(&req.digest)?;
+    let urls = std::iter::once(&req.url)
+        .chain(&req.mirrors)
+        .map(|u| SourceUrl::parse(u).map_err(|e| RequestError::Invalid(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Want {
+        digest,
+        urls,
+        size: nonzero(req.size),
+        max_size: nonzero(req.max_size),
+        lease,
+        caller,
+    })
+}
+
+/// A lease name: 1 to 256 bytes, no control characters.
+pub(super) fn lease(name: String) -> Result<String, RequestError> {
+    let printable =
+        !name.is_empty() && name.len() <= MAX_LEASE_LEN && !name.chars().any(char::is_control);
+    if printable {
+        Ok(name)
+    } else {
+        Err(RequestError::Invalid(format!(
+            "malformed lease {name:?}: want 1 to {MAX_LEASE_LEN} printable characters"
+        )))
+    }
+}
+
+fn nonzero(n: u64) -> Option<u64> {
+    (n != 0).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: None,
+    };
+    const HEX: &str = "5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+
+    fn request() -> proto::FetchRequest {
+        proto::FetchRequest {
+            url: "https://h/x?sig=secret".into(),
+            digest: format!("sha256:{HEX}"),
+            mirrors: vec!["gs://b/o".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_fetch_request_becomes_typed_values() {
+        let want = want(request(), ROOT).unwrap();
+        assert_eq!(want.urls.len(), 2);
+        assert_eq!(want.urls[0].redacted(), "https://h/x?sig=…");
+        assert_eq!(want.size, None);
+        assert!(want.lease.is_none());
+    }
+
+    #[test]
+    fn bad_fields_are_refused_naming_the_value() {
+        let mut bad_url = request();
+        bad_url.mirrors = vec!["not a url".into()];
+        let mut bad_lease = request();
+        bad_lease.lease = "a\nb".into();
+        let mut ttl_alone = request();
+        ttl_alone.lease_ttl_seconds = 5;
+        let mut bad_digest = request();
+        bad_digest.digest = "sha256:XYZ".into();
+        for (req, part) in [
+            (bad_url, "\"not a url\""),
+            (bad_lease, "\"a\\nb\""),
+            (ttl_alone, "lease_ttl_seconds"),
+            (bad_digest, "XYZ"),
+        ] {
+            let err = want(req, ROOT).unwrap_err();
+            assert!(matches!(err, RequestError::Invalid(_)), "{err}");
+            assert!(err.to_string().contains(part), "{err} lacks {part}");
+        }
+    }
+
+    #[test]
+    fn only_root_and_the_daemons_user_are_admins() {
+        assert!(require_admin(&ROOT).is_ok());
+        let me = nix::unistd::geteuid().as_raw();
+        let other = Caller {
+            uid: if me == 4242 { 4343 } else { 4242 },
+            gid: 100,
+            pid: Some(1),
+        };
+        let err = require_admin(&other).unwrap_err();
+        assert!(err.to_string().contains(&other.uid.to_string()), "{err}");
+    }
+}
