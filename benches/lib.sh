@@ -12,11 +12,32 @@ install_missing() {
     || die "apt-get install $* failed"
 }
 
-# Builds assetd and assetctl in release mode; sets BIN to their folder.
+# Builds assetd, assetctl and any other binaries named, in release mode;
+# sets BIN to their folder.
 build_binaries() {
   command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) first"
-  say "building assetd and assetctl (release)"
-  (cd "$REPO" && cargo build --release --quiet --bin assetd --bin assetctl) || die "cargo build failed"
+  local bins=(assetd assetctl "$@") args=() b
+  for b in "${bins[@]}"; do args+=(--bin "$b"); done
+  say "building ${bins[*]} (release)"
+  (cd "$REPO" && cargo build --release --quiet "${args[@]}") || die "cargo build failed"
   BIN=${CARGO_TARGET_DIR:-$REPO/target}/release
-  [[ -x $BIN/assetd && -x $BIN/assetctl ]] || die "no binaries in $BIN"
+  for b in "${bins[@]}"; do [[ -x $BIN/$b ]] || die "no $b in $BIN"; done
+}
+
+load1() { cut -d' ' -f1 /proc/loadavg; }
+quiet() { awk -v l="$(load1)" 'BEGIN { exit !(l < 1.0) }'; }
+
+# Waits (up to 5 min) for the 1-minute load average to drop below 1.0: the
+# machine has 2 cores, shared. Sets LOAD_NOTE to say how that went.
+wait_for_quiet() {
+  local waited=0
+  while ! quiet && ((waited < 300)); do
+    say "1-minute load average $(load1) >= 1.0; waiting (${waited}s of 300s)"
+    sleep 10
+    waited=$((waited + 10))
+  done
+  LOAD_NOTE="1-minute load average $(load1) when the timed runs began (waited ${waited} s for < 1.0)"
+  quiet ||
+    LOAD_NOTE="1-minute load average still $(load1) after waiting 300 s for < 1.0: timed runs went ahead on a busy machine"
+  say "$LOAD_NOTE"
 }
