@@ -6,7 +6,7 @@
 # A local HTTP server (python3, 127.0.0.1) serves a 4 KiB hot asset and two
 # 1 MiB churn assets. One daemon, on a temp root, serves every phase; it runs
 # with --max-cache-bytes set to the hot asset plus 1.5 churn assets and
-# --gc-interval 1s. The hot asset is fetched once with a lease (so eviction
+# --gc-interval 1s and --unleased-grace 0s (so the churn is evicted at once). The hot asset is fetched once with a lease (so eviction
 # never picks it) and then, with assetd-load (CALLERS concurrent callers over
 # 4 HTTP/2 connections, 1 s warmup, SECS measured), median of RUNS:
 #   (a) grpc.health.v1.Health/Check
@@ -103,7 +103,7 @@ URL=http://127.0.0.1:$(cat "$T/port")
 # --- 3. The daemon, the hot asset cached -------------------------------------
 SOCK=$T/assetd.sock LOG=$T/assetd.log
 # RUST_LOG pinned to the default: the checks below read the info lines.
-RUST_LOG=info "$ASSETD" --root "$T/root" --socket "$SOCK" --max-cache-bytes "$CAP" --gc-interval 1s 2>"$LOG" &
+RUST_LOG=info "$ASSETD" --root "$T/root" --socket "$SOCK" --max-cache-bytes "$CAP" --gc-interval 1s --unleased-grace 0s 2>"$LOG" &
 DAEMON_PID=$!
 for _ in $(seq 500); do
   "$LOAD" --socket "$SOCK" --call health --callers 1 --connections 1 --seconds 0.01 >/dev/null 2>&1 && break

@@ -388,16 +388,17 @@ impl Fetcher {
             Err(e) => Err(e),
             Ok(blob) => self.pin(want, blob).await,
         };
+        let (digest, uid, pid) = (&want.digest, want.caller.uid, want.caller.pid);
         match &result {
             Ok(Some(blob)) => {
                 let secs = started.elapsed().as_secs_f64();
-                tracing::debug!(digest = %want.digest, bytes = blob.size, secs, cache_hit, "fetch");
+                tracing::debug!(%digest, uid, pid, bytes = blob.size, secs, cache_hit, "fetch");
             }
             Ok(None) => {
-                tracing::info!(digest = %want.digest, "evicted before its lease could pin it; fetching again");
+                tracing::info!(%digest, uid, pid, "evicted before its lease could pin it; fetching again");
             }
             // This caller's own refusal: logged here, once.
-            Err(e) => tracing::info!(digest = %want.digest, error = %e, "fetch refused"),
+            Err(e) => tracing::info!(%digest, uid, pid, error = %e, "fetch refused"),
         }
         Ok(result?.map(|blob| Fetched { blob, cache_hit }))
     }

@@ -116,7 +116,7 @@ async fn run(
         if size > limit {
             return Err(FetchError::RequestTooLarge { size, limit });
         }
-        check_space(inner, size)?;
+        check_space(inner, size).await?;
     }
     let mut failure: Option<(FetchError, u64)> = None;
     let mut i = 0;
@@ -251,7 +251,7 @@ impl Attempt<'_> {
             .map_err(FetchError::Source)?;
         if let Some(total) = opened.size {
             self.check_declared(total)?;
-            check_space(self.inner, total.saturating_sub(opened.offset))?;
+            check_space(self.inner, total.saturating_sub(opened.offset)).await?;
         }
         if opened.offset != self.received() {
             // The source could not go on (a new version, or Range ignored):
@@ -262,11 +262,14 @@ impl Attempt<'_> {
         let (size, limit) = self.terms();
         let mut ingest = match self.ingest.take() {
             Some(ingest) => ingest,
-            None => self
-                .inner
-                .store
-                .ingest(self.digest, size, limit)
-                .map_err(FetchError::Store)?,
+            None => {
+                // Creating the temp file touches the disk: off the runtime.
+                let (store, digest) = (self.inner.store.clone(), self.digest);
+                tokio::task::spawn_blocking(move || store.ingest(digest, size, limit))
+                    .await
+                    .map_err(|_| FetchError::Panicked { what: "ingest" })?
+                    .map_err(FetchError::Store)?
+            }
         };
         self.validator = opened.validator;
         let streamed = stream(self, &mut ingest, opened.body, opened.size, state).await;
@@ -339,7 +342,7 @@ async fn stream(
             .map_err(FetchError::Store)?;
         let done = ingest.received();
         if total.is_none() && done - space_checked >= SPACE_CHECK_EVERY {
-            check_space(attempt.inner, 0)?;
+            check_space(attempt.inner, 0).await?;
             space_checked = done;
         }
         if done - published >= PROGRESS_EVERY {
@@ -366,10 +369,13 @@ fn check_fits(inner: &Inner, size: u64) -> Result<(), FetchError> {
     }
 }
 
-fn check_space(inner: &Inner, needed: u64) -> Result<(), FetchError> {
-    inner
-        .store
-        .check_space(needed, inner.fetch.reserve_free.0)
+/// Checks (statvfs, on the blocking pool) that `needed` more bytes fit
+/// above the reserve.
+async fn check_space(inner: &Inner, needed: u64) -> Result<(), FetchError> {
+    let (store, reserve) = (inner.store.clone(), inner.fetch.reserve_free.0);
+    tokio::task::spawn_blocking(move || store.check_space(needed, reserve))
+        .await
+        .map_err(|_| FetchError::Panicked { what: "statvfs" })?
         .map_err(FetchError::Store)
 }
 

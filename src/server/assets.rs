@@ -20,12 +20,16 @@ const MAX_PAGE_SIZE: usize = 1000;
 /// The service, over a shared [`Fetcher`].
 pub struct AssetsService {
     fetcher: Fetcher,
+    urls: request::Urls,
 }
 
 impl AssetsService {
     /// A service answering from `fetcher`.
     pub fn new(fetcher: Fetcher) -> AssetsService {
-        AssetsService { fetcher }
+        AssetsService {
+            fetcher,
+            urls: request::Urls::default(),
+        }
     }
 }
 
@@ -35,14 +39,11 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::FetchRequest>,
     ) -> Result<Response<proto::FetchResponse>, Status> {
+        // No span: this is the hot path, and the fetch layer's log lines
+        // carry the caller themselves.
         let caller = caller(&request)?;
-        let want = request::want(request.into_inner(), caller)?;
-        let fetched = self
-            .fetcher
-            .fetch(want)
-            .instrument(span("Fetch", &caller))
-            .await
-            .map_err(|e| status(&e))?;
+        let want = request::want(request.into_inner(), caller, &self.urls)?;
+        let fetched = self.fetcher.fetch(want).await.map_err(|e| status(&e))?;
         Ok(Response::new(fetch_response(fetched)))
     }
 
@@ -53,7 +54,7 @@ impl proto::assets_server::Assets for AssetsService {
         request: Request<proto::FetchRequest>,
     ) -> Result<Response<Self::FetchProgressStream>, Status> {
         let caller = caller(&request)?;
-        let want = request::want(request.into_inner(), caller)?;
+        let want = request::want(request.into_inner(), caller, &self.urls)?;
         let span = span("FetchProgress", &caller);
         let started = self
             .fetcher
@@ -211,7 +212,7 @@ impl proto::assets_server::Assets for AssetsService {
         let mut wants = Vec::with_capacity(req.assets.len());
         for (index, asset) in req.assets.into_iter().enumerate() {
             digests.push(asset.digest.clone());
-            let want = request::want(asset, caller)
+            let want = request::want(asset, caller, &self.urls)
                 .map_err(|e| super::RequestError::Invalid(format!("asset {index}: {e}")))?;
             wants.push(want);
         }

@@ -8,7 +8,7 @@ use crate::store::{AssetInfo, Blob};
 pub(super) fn fetch_response(fetched: Fetched) -> proto::FetchResponse {
     proto::FetchResponse {
         digest: fetched.blob.digest.to_string(),
-        path: fetched.blob.path.display().to_string(),
+        path: fetched.blob.path.to_string_lossy().into_owned(),
         size: fetched.blob.size,
         cache_hit: fetched.cache_hit,
     }

@@ -1,6 +1,8 @@
 //! Requests parsed once at the edge into typed values, with the caller's
 //! identity from the socket's peer credentials and the role it has.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tonic::Request;
@@ -14,6 +16,38 @@ use crate::source::SourceUrl;
 
 /// The longest lease name, in bytes.
 const MAX_LEASE_LEN: usize = 256;
+/// URLs whose parse is remembered: a node's hits name the same few URLs
+/// again and again, and parsing one (host and all) was the largest cost of a
+/// hit. Cleared when full, so callers naming ever new URLs cost a parse each
+/// and nothing more.
+const URL_CACHE_ENTRIES: usize = 1024;
+/// Longer URLs are parsed every time rather than kept.
+const URL_CACHE_MAX_LEN: usize = 2048;
+
+/// Parsed URLs by their text; see [`URL_CACHE_ENTRIES`].
+#[derive(Debug, Default)]
+pub(super) struct Urls {
+    parsed: Mutex<HashMap<String, SourceUrl>>,
+}
+
+impl Urls {
+    /// `text` parsed, from the cache when it was parsed before.
+    fn parse(&self, text: &str) -> Result<SourceUrl, RequestError> {
+        let lock = || self.parsed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(url) = lock().get(text) {
+            return Ok(url.clone());
+        }
+        let url = SourceUrl::parse(text).map_err(|e| RequestError::Invalid(e.to_string()))?;
+        if text.len() <= URL_CACHE_MAX_LEN {
+            let mut parsed = lock();
+            if parsed.len() >= URL_CACHE_ENTRIES {
+                parsed.clear();
+            }
+            parsed.insert(text.to_owned(), url.clone());
+        }
+        Ok(url)
+    }
+}
 
 /// The caller of `request`, from the socket's peer credentials.
 pub(super) fn caller<T>(request: &Request<T>) -> Result<Caller, RequestError> {
@@ -75,7 +109,11 @@ pub(super) fn page_token(token: &str) -> Result<Option<Digest>, RequestError> {
 }
 
 /// A fetch request from `caller`.
-pub(super) fn want(req: proto::FetchRequest, caller: Caller) -> Result<Want, RequestError> {
+pub(super) fn want(
+    req: proto::FetchRequest,
+    caller: Caller,
+    parsed: &Urls,
+) -> Result<Want, RequestError> {
     let lease = match req.lease.as_str() {
         "" if req.lease_ttl_seconds > 0 => {
             return Err(RequestError::Invalid(
@@ -91,7 +129,7 @@ pub(super) fn want(req: proto::FetchRequest, caller: Caller) -> Result<Want, Req
     let digest = digest(&req.digest)?;
     let urls = std::iter::once(&req.url)
         .chain(&req.mirrors)
-        .map(|u| SourceUrl::parse(u).map_err(|e| RequestError::Invalid(e.to_string())))
+        .map(|u| parsed.parse(u))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Want {
         digest,
@@ -142,7 +180,7 @@ mod tests {
 
     #[test]
     fn a_fetch_request_becomes_typed_values() {
-        let want = want(request(), ROOT).unwrap();
+        let want = want(request(), ROOT, &Urls::default()).unwrap();
         assert_eq!(want.urls.len(), 2);
         assert_eq!(want.urls[0].redacted(), "https://h/x?sig=…");
         assert_eq!(want.size, None);
@@ -165,10 +203,24 @@ mod tests {
             (ttl_alone, "lease_ttl_seconds"),
             (bad_digest, "XYZ"),
         ] {
-            let err = want(req, ROOT).unwrap_err();
+            let err = want(req, ROOT, &Urls::default()).unwrap_err();
             assert!(matches!(err, RequestError::Invalid(_)), "{err}");
             assert!(err.to_string().contains(part), "{err} lacks {part}");
         }
+    }
+
+    #[test]
+    fn the_url_cache_answers_repeats_and_stays_bounded() {
+        let urls = Urls::default();
+        let a = urls.parse("https://h/a").unwrap();
+        assert_eq!(urls.parse("https://h/a").unwrap(), a);
+        assert_eq!(urls.parsed.lock().unwrap().len(), 1);
+        for i in 0..3 * URL_CACHE_ENTRIES {
+            urls.parse(&format!("https://h/{i}")).unwrap();
+        }
+        assert!(urls.parsed.lock().unwrap().len() <= URL_CACHE_ENTRIES);
+        assert!(urls.parse("no scheme").is_err());
+        assert!(!urls.parsed.lock().unwrap().contains_key("no scheme"));
     }
 
     #[test]

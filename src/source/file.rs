@@ -159,3 +159,72 @@ fn open_inside(url: &str, path: &Path, roots: &[PathBuf]) -> Result<(File, PathB
     }
     Ok((file, opened))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A root with `inside.bin`, a folder beside it with `secret.bin`, and
+    /// a symlink in the root pointing at the secret.
+    fn layout() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::create_dir_all(dir.path().join("outside")).unwrap();
+        fs::write(root.join("sub/inside.bin"), b"in").unwrap();
+        fs::write(dir.path().join("outside/secret.bin"), b"secret").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside/secret.bin"), root.join("link"))
+            .unwrap();
+        let root = fs::canonicalize(root).unwrap();
+        (dir, root)
+    }
+
+    fn open(path: &Path, roots: &[PathBuf]) -> Result<(File, PathBuf), SourceError> {
+        open_inside("file:///test", path, roots)
+    }
+
+    #[test]
+    fn a_file_inside_a_root_opens() {
+        let (_dir, root) = layout();
+        let (_, real) = open(&root.join("sub/inside.bin"), std::slice::from_ref(&root)).unwrap();
+        assert_eq!(real, root.join("sub/inside.bin"));
+    }
+
+    #[test]
+    fn paths_leading_out_of_the_roots_are_denied() {
+        let (dir, root) = layout();
+        let roots = [root.clone()];
+        for path in [
+            dir.path().join("outside/secret.bin"),
+            root.join("link"),
+            root.join("sub/../../outside/secret.bin"),
+            PathBuf::from("/etc/passwd"),
+        ] {
+            let err = open(&path, &roots).err().unwrap();
+            assert!(matches!(err, SourceError::Denied { .. }), "{path:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_not_found_only_inside_the_roots() {
+        let (dir, root) = layout();
+        let roots = [root.clone()];
+        let err = open(&root.join("nope.bin"), &roots).err().unwrap();
+        assert!(matches!(err, SourceError::NotFound { .. }), "{err}");
+        // Outside, "not found" would tell what exists there: the same
+        // answer as for a file that exists.
+        let err = open(&dir.path().join("outside/nope.bin"), &roots)
+            .err()
+            .unwrap();
+        assert!(matches!(err, SourceError::Denied { .. }), "{err}");
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let (_dir, root) = layout();
+        let err = open(&root.join("sub"), std::slice::from_ref(&root))
+            .err()
+            .unwrap();
+        assert!(matches!(err, SourceError::InvalidUrl { .. }), "{err}");
+    }
+}

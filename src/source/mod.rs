@@ -118,6 +118,10 @@ pub enum SourceError {
 /// `url` fit for logs and messages: query values and passwords hidden, as
 /// they often carry signatures (signed URLs) or credentials.
 pub fn redacted(url: &Url) -> String {
+    // Most URLs carry neither: no copy and reparse for them.
+    if url.password().is_none() && url.query().is_none() {
+        return url.as_str().to_owned();
+    }
     let mut shown = url.clone();
     let _ = shown.set_password(None);
     shown.set_query(None);
@@ -135,9 +139,12 @@ pub fn redacted(url: &Url) -> String {
 }
 
 /// A source URL, parsed once at the edge, with its redacted form for logs,
-/// messages and metadata (see [`redacted`]).
+/// messages and metadata (see [`redacted`]). Cheap to clone (shared).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceUrl {
+pub struct SourceUrl(Arc<ParsedUrl>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct ParsedUrl {
     url: Url,
     redacted: String,
 }
@@ -154,25 +161,25 @@ impl SourceUrl {
 
     /// The URL itself, secrets and all: for the source that reads it only.
     pub fn url(&self) -> &Url {
-        &self.url
+        &self.0.url
     }
 
     /// The URL fit for logs, messages and metadata.
     pub fn redacted(&self) -> &str {
-        &self.redacted
+        &self.0.redacted
     }
 }
 
 impl From<Url> for SourceUrl {
     fn from(url: Url) -> SourceUrl {
         let redacted = redacted(&url);
-        SourceUrl { url, redacted }
+        SourceUrl(Arc::new(ParsedUrl { url, redacted }))
     }
 }
 
 impl std::fmt::Display for SourceUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.redacted)
+        f.write_str(self.redacted())
     }
 }
 

@@ -20,6 +20,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+/// Source URLs kept per asset, newest last: enough to show where an asset
+/// comes from, bounded so callers naming ever new URLs for one digest
+/// cannot grow the index without end.
+const MAX_URLS: usize = 8;
+
 use super::meta::{Pin, Record};
 use crate::digest::Digest;
 
@@ -78,6 +83,9 @@ impl Entry {
         self.last_used = now;
         self.handed_out = now;
         if !url.is_empty() && !self.urls.iter().any(|u| u == url) {
+            if self.urls.len() >= MAX_URLS {
+                self.urls.remove(0);
+            }
             self.urls.push(url.to_owned());
         }
         self.dirty = true;
@@ -395,5 +403,16 @@ mod tests {
         assert_eq!(dirty[0].1.last_used, 8);
         assert_eq!(dirty[0].1.urls, vec!["http://h/b".to_owned()]);
         assert!(idx.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn urls_kept_per_asset_are_bounded() {
+        let mut idx = index(&[(1, 10, 0)]);
+        for i in 0..100 {
+            idx.touch(&d(1), &format!("http://h/{i}"), i);
+        }
+        let urls = &idx.get(&d(1)).unwrap().urls;
+        assert_eq!(urls.len(), MAX_URLS);
+        assert_eq!(urls.last().unwrap(), "http://h/99");
     }
 }

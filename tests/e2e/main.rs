@@ -12,3 +12,4 @@ mod grpcurl;
 mod lifecycle;
 mod pipeline;
 mod seams;
+mod shutdown;

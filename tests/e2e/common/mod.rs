@@ -113,6 +113,33 @@ impl TestDaemon {
         }
     }
 
+    /// Sends SIGTERM without waiting for the daemon to exit.
+    pub fn sigterm(&self) {
+        let child = self.child.as_ref().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+    }
+
+    /// Waits up to `within` for the daemon to exit by itself; its status.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "assetd still running after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the daemon with SIGKILL, as a crash would, and waits for it.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -252,12 +279,16 @@ pub fn daemon_command(root: &Path, socket: &Path, args: &[&str], log: &Path) -> 
 }
 
 pub async fn connect(socket: &Path) -> AssetsClient<Channel> {
-    let channel = Endpoint::from_shared(format!("unix://{}", socket.display()))
+    AssetsClient::new(channel(socket).await)
+}
+
+/// A gRPC channel to the daemon's socket, for any of its services.
+pub async fn channel(socket: &Path) -> Channel {
+    Endpoint::from_shared(format!("unix://{}", socket.display()))
         .expect("endpoint")
         .connect()
         .await
-        .expect("connect to assetd");
-    AssetsClient::new(channel)
+        .expect("connect to assetd")
 }
 
 fn names(dir: &Path) -> Vec<String> {
