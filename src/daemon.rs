@@ -42,7 +42,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let lifetime = Lifetime::default();
-    let fetcher = fetcher(&config, lifetime.clone())?;
+    // Opening scans blobs/ and reconciles meta.redb: off the runtime.
+    let root = config.store.root.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&root))
+        .await
+        .map_err(|e| {
+            DaemonError::Store(StoreError::Io {
+                op: "open",
+                path: config.store.root.clone(),
+                source: std::io::Error::other(e),
+            })
+        })?
+        .map_err(DaemonError::Store)?;
+    let fetcher = fetcher(store, &config, lifetime.clone())?;
     let upkeep = fetcher.clone();
     lifetime.tracker.spawn(async move { upkeep.upkeep().await });
     let served = server::serve(fetcher.clone(), listener, shutdown).await;
@@ -59,8 +71,7 @@ pub async fn run(
     served.map_err(DaemonError::Server)
 }
 
-fn fetcher(config: &Config, lifetime: Lifetime) -> Result<Fetcher, DaemonError> {
-    let store = Store::open(&config.store.root).map_err(DaemonError::Store)?;
+fn fetcher(store: Store, config: &Config, lifetime: Lifetime) -> Result<Fetcher, DaemonError> {
     let sources = &config.sources;
     let sources = Sources::new(
         sources.file_roots.clone(),

@@ -136,6 +136,9 @@ fn main() -> ExitCode {
             .await
             .map_err(|e| e.to_string())
     });
+    // Blocking work still running (a Verify of every blob, say) must not keep
+    // the process, and the root's lock, alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

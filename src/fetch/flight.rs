@@ -29,6 +29,11 @@ use crate::digest::Digest;
 use crate::source::SourceUrl;
 use crate::store::Blob;
 
+/// URLs one transfer takes from all its callers together: a caller bringing
+/// more starts a transfer of its own rather than making everyone wait
+/// behind its list.
+const MAX_URLS: usize = 64;
+
 /// A transfer's state, as its callers see it.
 #[derive(Debug, Default)]
 pub(super) struct State {
@@ -99,9 +104,10 @@ impl Terms {
     }
 
     /// Adds a caller and the URLs it brings that are not there yet; false
-    /// when closed.
+    /// when closed, or when its URLs would take the list past [`MAX_URLS`].
     fn join(&mut self, id: u64, terms: CallerTerms, urls: &[SourceUrl]) -> bool {
-        if self.closed {
+        let new = urls.iter().filter(|u| !self.urls.contains(u)).count();
+        if self.closed || self.urls.len() + new > MAX_URLS {
             return false;
         }
         self.callers.insert(id, terms);

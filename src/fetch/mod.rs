@@ -331,6 +331,18 @@ impl Fetcher {
                 .map_err(FetchError::Source)?;
         }
         let limit = self.inner.limit_for(&want);
+        // The caller's own size against its own limits, before it joins a
+        // transfer whose terms are shared.
+        if let Some(size) = want.size {
+            if let Some(max) = self.inner.cache.max_bytes()
+                && size > max
+            {
+                return Err(FetchError::NeverFits { size, max });
+            }
+            if size > limit {
+                return Err(FetchError::RequestTooLarge { size, limit });
+            }
+        }
         let started = Instant::now();
         for _ in 0..PIN_ROUNDS {
             let blob = match self.inner.store.lookup(&want.digest, want.url()) {
@@ -432,9 +444,13 @@ impl Fetcher {
             .map_err(FetchError::Store)
     }
 
-    /// One cached asset with its metadata. Memory only.
-    pub fn info(&self, digest: &Digest) -> Option<AssetInfo> {
-        self.inner.store.info(digest)
+    /// One cached asset with its metadata ([`StoreError::NotCached`] if
+    /// it is not). Memory only.
+    pub fn stat(&self, digest: Digest) -> Result<AssetInfo, FetchError> {
+        self.inner
+            .store
+            .info(&digest)
+            .ok_or(FetchError::Store(StoreError::NotCached { digest }))
     }
 }
 

@@ -42,8 +42,9 @@ pub enum PrewarmKind {
 
 impl Fetcher {
     /// Starts fetching `wants`, at most `concurrency` at once, as tracked
-    /// tasks that stop at shutdown; returns the events. Invalid requests fail
-    /// as events, not as the batch.
+    /// tasks that stop at shutdown; returns the events. A fetch that fails
+    /// (a source refusing, an unsupported scheme) is an event, not the end of
+    /// the batch.
     pub fn prewarm(&self, wants: Vec<Want>, concurrency: usize) -> mpsc::Receiver<PrewarmEvent> {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let slots = Arc::new(Semaphore::new(concurrency.max(1)));

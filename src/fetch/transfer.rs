@@ -31,6 +31,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const PROGRESS_EVERY: u64 = 1 << 20;
 /// Bytes between free-space checks while the size is unknown.
 const SPACE_CHECK_EVERY: u64 = 4 << 20;
+/// Times a transfer goes around its URLs again for callers who joined after
+/// a failure that depended on the terms: bounded, so callers arriving one
+/// after another cannot keep a transfer going for ever.
+const MAX_ROUNDS: u32 = 3;
 
 /// Starts the transfer `launch` describes as a tracked task; it stops early
 /// when the daemon shuts down. Returns the handle that cancels it.
@@ -49,26 +53,27 @@ pub(super) fn spawn(inner: Arc<Inner>, launch: Launch) -> AbortHandle {
             outcome = run(&inner, digest, &terms, &state) => outcome,
             () = token.cancelled() => Err(FetchError::ShuttingDown),
         };
-        let outcome = match outcome {
-            Ok((blob, url)) => Ok(after_commit(&inner, blob, url, started).await),
-            Err(e) => {
-                // The transfer's failure, logged once for all its callers.
-                tracing::warn!(%digest, error = %e, "transfer failed");
-                Err(e)
+        match &outcome {
+            Ok((blob, url)) => {
+                log_fetched(blob, url, started);
+                // Before the callers hear of it, so that what they see (and
+                // tests check) is the cache within its limits.
+                evict_after_commit(&inner, blob.digest).await;
             }
-        };
+            // The transfer's failure, logged once for all its callers.
+            Err(e) => tracing::warn!(%digest, error = %e, "transfer failed"),
+        }
         // INVARIANT: closed before the outcome is published, so a caller
         // arriving now starts afresh rather than inheriting this outcome.
         lock(&terms).close();
-        state.send_modify(|s| s.outcome = Some(outcome.map_err(Arc::new)));
+        state.send_modify(|s| s.outcome = Some(outcome.map(|(b, _)| b).map_err(Arc::new)));
         inner.flights.finish(digest, id);
     });
     task.abort_handle()
 }
 
-/// Logs the new asset, then evicts what no longer fits: never the new asset
-/// (its callers pin it next) nor any other being fetched.
-async fn after_commit(inner: &Arc<Inner>, blob: Blob, url: SourceUrl, started: Instant) -> Blob {
+/// One line for a new asset, however many callers shared its transfer.
+fn log_fetched(blob: &Blob, url: &SourceUrl, started: Instant) {
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
         digest = %blob.digest,
@@ -79,8 +84,13 @@ async fn after_commit(inner: &Arc<Inner>, blob: Blob, url: SourceUrl, started: I
         outcome = "fetched",
         "transfer"
     );
+}
+
+/// Evicts what no longer fits after `digest` was committed: never that
+/// asset (its callers are pinning it) nor any other being fetched.
+async fn evict_after_commit(inner: &Inner, digest: crate::digest::Digest) {
     let mut keep = inner.flights.running();
-    keep.insert(blob.digest);
+    keep.insert(digest);
     let (store, policy) = (inner.store.clone(), inner.evict_policy());
     let evicted = tokio::task::spawn_blocking(move || store.evict(&policy, &keep, false)).await;
     match evicted {
@@ -97,7 +107,6 @@ async fn after_commit(inner: &Arc<Inner>, blob: Blob, url: SourceUrl, started: I
         Ok(Err(e)) => tracing::warn!(error = %e, "eviction failed"),
         Err(e) => tracing::warn!(error = %e, "eviction panicked"),
     }
-    blob
 }
 
 /// Tries each URL of the terms in turn, the ones joiners add included.
@@ -119,7 +128,7 @@ async fn run(
         check_space(inner, size).await?;
     }
     let mut failure: Option<(FetchError, u64)> = None;
-    let mut i = 0;
+    let (mut i, mut rounds) = (0, 1);
     loop {
         let url = {
             let mut terms = lock(terms);
@@ -130,9 +139,11 @@ async fn run(
                 // the callers now waiting get their own go.
                 None => match &failure {
                     Some((e, generation))
-                        if is_terms_error(e) && terms.generation() != *generation =>
+                        if is_terms_error(e)
+                            && terms.generation() != *generation
+                            && rounds < MAX_ROUNDS =>
                     {
-                        i = 0;
+                        (i, rounds) = (0, rounds + 1);
                         terms.reopen();
                         terms.url(0)
                     }
@@ -141,15 +152,17 @@ async fn run(
             }
         };
         let Some(url) = url else { break };
+        if let Some((e, _)) = &failure {
+            // Logged here, with a next URL to go to; the last failure is
+            // logged once, as the transfer's.
+            tracing::info!(%digest, error = %e, next = %url, "source failed; trying the next URL");
+        }
         i += 1;
         let generation = lock(terms).generation();
         match from_url(inner, digest, &url, terms, state).await {
             Ok(blob) => return Ok((blob, url)),
             Err(e) if is_local(&e) => return Err(e),
-            Err(e) => {
-                tracing::info!(%digest, %url, error = %e, "source failed; trying the next URL, if any");
-                failure = Some((e, generation));
-            }
+            Err(e) => failure = Some((e, generation)),
         }
     }
     Err(failure.map_or(FetchError::Lost { digest }, |(e, _)| e))
@@ -380,17 +393,21 @@ async fn check_space(inner: &Inner, needed: u64) -> Result<(), FetchError> {
 }
 
 /// Failures of this node rather than of the source: no mirror helps.
+/// A size that could never fit, or a disk filling up, is what one URL
+/// declared or sent: another URL (a joiner's) may do better, so those are not
+/// local.
 fn is_local(err: &FetchError) -> bool {
     match err {
-        FetchError::Store(e) => !matches!(
-            e,
-            StoreError::LimitExceeded { .. }
-                | StoreError::SizeMismatch { .. }
-                | StoreError::DigestMismatch { .. }
-        ),
-        FetchError::RequestTooLarge { .. }
-        | FetchError::NeverFits { .. }
-        | FetchError::Lost { .. } => true,
+        FetchError::Store(e) => {
+            !e.is_no_space()
+                && !matches!(
+                    e,
+                    StoreError::LimitExceeded { .. }
+                        | StoreError::SizeMismatch { .. }
+                        | StoreError::DigestMismatch { .. }
+                )
+        }
+        FetchError::RequestTooLarge { .. } | FetchError::Lost { .. } => true,
         _ => false,
     }
 }

@@ -70,11 +70,7 @@ impl proto::assets_server::Assets for AssetsService {
         request: Request<proto::StatRequest>,
     ) -> Result<Response<proto::StatResponse>, Status> {
         let digest = request::digest(&request.get_ref().digest)?;
-        let info = self.fetcher.info(&digest).ok_or_else(|| {
-            status(&crate::fetch::FetchError::Store(
-                crate::store::StoreError::NotCached { digest },
-            ))
-        })?;
+        let info = self.fetcher.stat(digest).map_err(|e| status(&e))?;
         Ok(Response::new(proto::StatResponse {
             asset: Some(asset(info)),
         }))

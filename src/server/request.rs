@@ -23,6 +23,9 @@ const MAX_LEASE_LEN: usize = 256;
 const URL_CACHE_ENTRIES: usize = 1024;
 /// Longer URLs are parsed every time rather than kept.
 const URL_CACHE_MAX_LEN: usize = 2048;
+/// Mirrors one request may give: plenty for real fallbacks, few enough that
+/// one request cannot make a transfer crawl through thousands of URLs.
+const MAX_MIRRORS: usize = 16;
 
 /// Parsed URLs by their text; see [`URL_CACHE_ENTRIES`].
 #[derive(Debug, Default)]
@@ -127,6 +130,12 @@ pub(super) fn want(
         }),
     };
     let digest = digest(&req.digest)?;
+    if req.mirrors.len() > MAX_MIRRORS {
+        return Err(RequestError::Invalid(format!(
+            "{} mirrors given; at most {MAX_MIRRORS} are accepted",
+            req.mirrors.len()
+        )));
+    }
     let urls = std::iter::once(&req.url)
         .chain(&req.mirrors)
         .map(|u| parsed.parse(u))
@@ -197,11 +206,14 @@ mod tests {
         ttl_alone.lease_ttl_seconds = 5;
         let mut bad_digest = request();
         bad_digest.digest = "sha256:XYZ".into();
+        let mut many = request();
+        many.mirrors = vec!["https://h/m".into(); 17];
         for (req, part) in [
             (bad_url, "\"not a url\""),
             (bad_lease, "\"a\\nb\""),
             (ttl_alone, "lease_ttl_seconds"),
             (bad_digest, "XYZ"),
+            (many, "17 mirrors"),
         ] {
             let err = want(req, ROOT, &Urls::default()).unwrap_err();
             assert!(matches!(err, RequestError::Invalid(_)), "{err}");

@@ -118,12 +118,14 @@ pub enum SourceError {
 /// `url` fit for logs and messages: query values and passwords hidden, as
 /// they often carry signatures (signed URLs) or credentials.
 pub fn redacted(url: &Url) -> String {
-    // Most URLs carry neither: no copy and reparse for them.
-    if url.password().is_none() && url.query().is_none() {
+    // Most URLs carry none of these: no copy and reparse for them.
+    if url.username().is_empty() && url.password().is_none() && url.query().is_none() {
         return url.as_str().to_owned();
     }
     let mut shown = url.clone();
+    // The user name may be a token too (`https://TOKEN@host/`).
     let _ = shown.set_password(None);
+    let _ = shown.set_username("");
     shown.set_query(None);
     let fragment = shown.fragment().map(str::to_owned);
     shown.set_fragment(None);
@@ -357,5 +359,13 @@ mod tests {
         assert!(!err.to_string().contains("secret") && !err.to_string().contains("abc"));
         let https = SourceUrl::parse("https://host/x").unwrap();
         assert!(sources.resolve(&https).is_ok());
+    }
+
+    #[test]
+    fn redaction_hides_userinfo_and_query_values() {
+        let url = SourceUrl::parse("https://TOKEN:pw@h/x?sig=abc&v=1#frag").unwrap();
+        assert_eq!(url.redacted(), "https://h/x?sig=…&v=…#frag");
+        let plain = SourceUrl::parse("https://h/x").unwrap();
+        assert_eq!(plain.redacted(), "https://h/x");
     }
 }

@@ -162,8 +162,12 @@ impl Index {
         Some(entry)
     }
 
-    /// Adds a committed asset (handed out now), replacing any stale entry.
+    /// Adds a committed asset (handed out now). An entry already there keeps
+    /// its pins: a pin is never dropped but by its lease.
     pub fn insert(&mut self, digest: Digest, mut entry: Entry, url: &str, now: u64) {
+        if let Some(old) = self.entries.remove(&digest) {
+            entry.pins = old.pins;
+        }
         entry.touch(url, now);
         self.entries.insert(digest, entry);
     }
@@ -247,18 +251,16 @@ impl Index {
         }
     }
 
-    /// Eviction candidates, least recently used first: unleased, not in
-    /// `keep`. Grace is judged per candidate at removal time, as it depends
-    /// on whether the floor is at stake then.
-    pub fn eviction_order(&self, keep: &HashSet<Digest>, now: u64) -> Vec<(Digest, u64)> {
-        let mut order: Vec<(u64, Digest, u64)> = self
-            .entries
+    /// Eviction candidates as (last use, digest, size): unleased, not in
+    /// `keep`, unordered (sort them with [`eviction_order`] once the lock is
+    /// released). Grace is judged per candidate at removal time, as it
+    /// depends on whether the floor is at stake then.
+    pub fn eviction_candidates(&self, keep: &HashSet<Digest>, now: u64) -> Vec<(u64, Digest, u64)> {
+        self.entries
             .iter()
             .filter(|(d, e)| !keep.contains(d) && !e.leased(now))
             .map(|(d, e)| (e.last_used, *d, e.size))
-            .collect();
-        order.sort_unstable();
-        order.into_iter().map(|(_, d, size)| (d, size)).collect()
+            .collect()
     }
 
     /// Whether eviction would be allowed to take `digest` now (for dry runs).
@@ -293,6 +295,15 @@ impl Index {
             }
         }
     }
+}
+
+/// `candidates` least recently used first, as (digest, size).
+pub(super) fn eviction_order(mut candidates: Vec<(u64, Digest, u64)>) -> Vec<(Digest, u64)> {
+    candidates.sort_unstable();
+    candidates
+        .into_iter()
+        .map(|(_, d, size)| (d, size))
+        .collect()
 }
 
 #[cfg(test)]
@@ -334,13 +345,11 @@ mod tests {
         let mut idx = index(&[(1, 10, 300), (2, 20, 100), (3, 30, 200), (4, 40, 50)]);
         assert!(idx.pin(&d(4), "sandbox", None));
         let keep = HashSet::from([d(3)]);
-        assert_eq!(
-            idx.eviction_order(&keep, 1000),
-            vec![(d(2), 20), (d(1), 10)]
-        );
+        let order = |idx: &Index| eviction_order(idx.eviction_candidates(&keep, 1000));
+        assert_eq!(order(&idx), vec![(d(2), 20), (d(1), 10)]);
         // A lapsed pin no longer holds.
         assert!(idx.pin(&d(4), "sandbox", Some(999)));
-        assert_eq!(idx.eviction_order(&keep, 1000)[0], (d(4), 40));
+        assert_eq!(order(&idx)[0], (d(4), 40));
     }
 
     #[test]

@@ -261,6 +261,12 @@ impl Store {
             // INVARIANT: the name appears and enters the index under the
             // files lock, so no removal can interleave (see `index`).
             let _files = self.files();
+            // Committed meanwhile by another transfer (whose callers all left
+            // while it published): keep that file, its entry and its pins;
+            // these bytes are the same.
+            if let Some(blob) = self.lookup(&digest, url) {
+                return Ok(blob);
+            }
             let file: File = temp
                 .persist(&blob_path)
                 .map_err(|e| StoreError::io("rename", &blob_path)(e.error))?;
@@ -351,6 +357,34 @@ mod tests {
             0o444
         );
         assert_eq!(files(store.ingest_dir()), 0);
+    }
+
+    #[tokio::test]
+    async fn a_second_commit_of_a_digest_keeps_the_first_and_its_pins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let bytes = vec![9u8; 100_000];
+        let first = ingest(&store, &bytes, digest(&bytes), None, u64::MAX)
+            .await
+            .unwrap();
+        assert!(store.pin(&first.digest, "sandbox", None).unwrap());
+        let inode = fs::metadata(&first.path).unwrap().ino();
+        let second = ingest(&store, &bytes, digest(&bytes), None, u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(second.path, first.path);
+        assert_eq!(
+            fs::metadata(&first.path).unwrap().ino(),
+            inode,
+            "not replaced"
+        );
+        let info = store.info(&first.digest).unwrap();
+        assert_eq!(info.pins.len(), 1, "the pin survives");
+        assert_eq!(files(store.ingest_dir()), 0);
+        assert!(matches!(
+            store.delete(&first.digest, false),
+            Err(StoreError::Leased { .. })
+        ));
     }
 
     #[tokio::test]

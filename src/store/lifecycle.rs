@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt as _;
 
 use sha2::{Digest as _, Sha256};
 
-use super::index::{Entry, Refusal, Removal};
+use super::index::{Entry, Refusal, Removal, eviction_order};
 use super::meta::{Pin, now_ms};
 use super::{Blob, Store, StoreError, fsync_dir};
 use crate::digest::Digest;
@@ -133,6 +133,7 @@ impl Store {
         lease: &str,
         expires: Option<u64>,
     ) -> Result<bool, StoreError> {
+        let _leases = self.leases();
         let previous = {
             let mut index = self.index();
             let previous = index
@@ -140,6 +141,11 @@ impl Store {
                 .and_then(|e| e.pins.iter().find(|p| p.lease == lease).cloned());
             if !index.pin(digest, lease, expires) {
                 return Ok(false);
+            }
+            // The same pin for ever again (a runtime re-fetching what it
+            // holds): nothing to write.
+            if expires.is_none() && previous.as_ref().is_some_and(|p| p.expires.is_none()) {
+                return Ok(true);
             }
             previous
         };
@@ -154,6 +160,7 @@ impl Store {
 
     /// Drops every pin of `lease`; returns how many. Blocking.
     pub fn release(&self, lease: &str) -> Result<usize, StoreError> {
+        let _leases = self.leases();
         let released = self.meta.release(lease)?;
         self.index().release(lease);
         Ok(released)
@@ -161,6 +168,7 @@ impl Store {
 
     /// Drops lapsed pins; returns how many. Blocking.
     pub fn sweep_lapsed(&self) -> Result<usize, StoreError> {
+        let _leases = self.leases();
         let now = now_ms();
         let swept = self.meta.sweep_lapsed(now)?;
         self.index().sweep_lapsed(now);
@@ -215,10 +223,11 @@ impl Store {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = now_ms();
-        let (order, mut total) = {
+        let (candidates, mut total) = {
             let index = self.index();
-            (index.eviction_order(keep, now), index.bytes())
+            (index.eviction_candidates(keep, now), index.bytes())
         };
+        let order = eviction_order(candidates);
         let (mut free, fs_size) = self.space()?;
         let want_free = policy
             .min_free_bytes
@@ -255,7 +264,19 @@ impl Store {
         let path = self.blob_path(digest);
         let mut file = match fs::File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Removed behind the daemon's back: stop handing it out.
+                let _files = self.files();
+                if self
+                    .index()
+                    .take(digest, Removal::Delete { force: true }, 0)
+                    .is_ok()
+                {
+                    tracing::warn!(%digest, "blob vanished from blobs/; forgotten");
+                    self.meta.remove(digest)?;
+                }
+                return Ok(None);
+            }
             Err(e) => return Err(StoreError::io("open", &path)(e)),
         };
         let inode = file

@@ -175,6 +175,10 @@ pub struct Store {
     files: Mutex<()>,
     /// Serializes eviction passes; held on blocking threads only.
     evicting: Mutex<()>,
+    /// Held (on blocking threads only) across both halves of a pin, a
+    /// release and a sweep of lapsed pins (memory and `meta.redb`), so the
+    /// two never disagree.
+    leases: Mutex<()>,
     ingest: PathBuf,
     _lock: Flock<fs::File>,
 }
@@ -212,6 +216,7 @@ impl Store {
             index: Mutex::new(index),
             files: Mutex::new(()),
             evicting: Mutex::new(()),
+            leases: Mutex::new(()),
             ingest,
             _lock: lock,
         })
@@ -258,6 +263,10 @@ impl Store {
 
     fn index(&self) -> MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn leases(&self) -> MutexGuard<'_, ()> {
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn files(&self) -> MutexGuard<'_, ()> {
@@ -324,7 +333,11 @@ fn sweep(ingest: &Path) -> Result<(), StoreError> {
         } else {
             fs::remove_file(&path)
         };
-        removed.map_err(StoreError::io("remove", &path))?;
+        match removed {
+            // A stopped transfer's writer thread removed it first.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            other => other.map_err(StoreError::io("remove", &path))?,
+        }
         swept += 1;
     }
     if swept > 0 {
