@@ -40,6 +40,9 @@ pub(super) struct State {
     pub progress: Progress,
     /// Set once, when the transfer ends.
     pub outcome: Option<Result<Blob, Arc<FetchError>>>,
+    /// Each URL given up on, in order, with why: a caller is told of the
+    /// last failure among the URLs it gave, not of another caller's.
+    pub failed: Vec<(SourceUrl, Arc<FetchError>)>,
 }
 
 /// One caller's part of the terms.

@@ -467,6 +467,18 @@ impl Inner {
 }
 
 impl Waiting {
+    /// The failure to tell this caller: that of the last URL it gave itself
+    /// that was tried, else the transfer's (a failure of this node).
+    fn own_failure(&self, transfer: Arc<FetchError>) -> Arc<FetchError> {
+        let state = self.state.borrow();
+        state
+            .failed
+            .iter()
+            .rev()
+            .find(|(url, _)| self.want.urls.contains(url))
+            .map_or(transfer, |(_, e)| e.clone())
+    }
+
     /// The transfer's progress now.
     pub fn progress(&self) -> Progress {
         self.state.borrow().progress.clone()
@@ -495,7 +507,7 @@ impl Waiting {
             };
             let blob = match outcome {
                 Some(Ok(blob)) => blob,
-                Some(Err(e)) => return Err(FetchError::Transfer(e)),
+                Some(Err(e)) => return Err(FetchError::Transfer(waiting.own_failure(e))),
                 None => {
                     return Err(FetchError::Lost {
                         digest: waiting.want.digest,

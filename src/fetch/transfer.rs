@@ -51,7 +51,7 @@ pub(super) fn spawn(inner: Arc<Inner>, launch: Launch) -> AbortHandle {
         let token = inner.lifetime.token.clone();
         let outcome = tokio::select! {
             outcome = run(&inner, digest, &terms, &state) => outcome,
-            () = token.cancelled() => Err(FetchError::ShuttingDown),
+            () = token.cancelled() => Err(Arc::new(FetchError::ShuttingDown)),
         };
         match &outcome {
             Ok((blob, url)) => {
@@ -66,7 +66,7 @@ pub(super) fn spawn(inner: Arc<Inner>, launch: Launch) -> AbortHandle {
         // INVARIANT: closed before the outcome is published, so a caller
         // arriving now starts afresh rather than inheriting this outcome.
         lock(&terms).close();
-        state.send_modify(|s| s.outcome = Some(outcome.map(|(b, _)| b).map_err(Arc::new)));
+        state.send_modify(|s| s.outcome = Some(outcome.map(|(b, _)| b)));
         inner.flights.finish(digest, id);
     });
     task.abort_handle()
@@ -115,19 +115,19 @@ async fn run(
     digest: crate::digest::Digest,
     terms: &Mutex<Terms>,
     state: &watch::Sender<State>,
-) -> Result<(Blob, SourceUrl), FetchError> {
+) -> Result<(Blob, SourceUrl), Arc<FetchError>> {
     let (size, limit) = {
         let terms = lock(terms);
         (terms.size(), terms.limit())
     };
     if let Some(size) = size {
-        check_fits(inner, size)?;
+        check_fits(inner, size).map_err(Arc::new)?;
         if size > limit {
-            return Err(FetchError::RequestTooLarge { size, limit });
+            return Err(Arc::new(FetchError::RequestTooLarge { size, limit }));
         }
-        check_space(inner, size).await?;
+        check_space(inner, size).await.map_err(Arc::new)?;
     }
-    let mut failure: Option<(FetchError, u64)> = None;
+    let mut failure: Option<(Arc<FetchError>, u64)> = None;
     let (mut i, mut rounds) = (0, 1);
     loop {
         let url = {
@@ -161,11 +161,16 @@ async fn run(
         let generation = lock(terms).generation();
         match from_url(inner, digest, &url, terms, state).await {
             Ok(blob) => return Ok((blob, url)),
-            Err(e) if is_local(&e) => return Err(e),
-            Err(e) => failure = Some((e, generation)),
+            Err(e) if is_local(&e) => return Err(Arc::new(e)),
+            Err(e) => {
+                // Each caller is told of the failure of a URL it gave.
+                let e = Arc::new(e);
+                state.send_modify(|s| s.failed.push((url, e.clone())));
+                failure = Some((e, generation));
+            }
         }
     }
-    Err(failure.map_or(FetchError::Lost { digest }, |(e, _)| e))
+    Err(failure.map_or_else(|| Arc::new(FetchError::Lost { digest }), |(e, _)| e))
 }
 
 /// Reads the asset from one URL, with retries and resume.

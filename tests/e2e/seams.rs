@@ -159,6 +159,36 @@ async fn a_low_limit_and_a_joiner(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_caller_hears_of_its_own_urls_failure_only() {
+    let http = HttpServer::start().await;
+    let body = random_bytes(64 << 10, 905);
+    let digest = digest_of(&body);
+    let gate = Gate::default();
+    let dead = http.route("/a-dead", Reply::held(&gate, Reply::status(404)));
+    let busy = http.route("/b-busy", Reply::status(503));
+    let daemon = TestDaemon::start_with(&["--attempts", "1"]);
+    let a = spawn_fetch(&daemon, fetch_req(&dead, &digest, "")).await;
+    wait_until(PATIENCE, "A's transfer asks for its URL", || {
+        http.requests_to("/a-dead") == 1
+    })
+    .await;
+    let b = join(&daemon, fetch_req(&busy, &digest, "")).await;
+    gate.open();
+
+    // Both URLs were tried by the one transfer; each caller is told of its
+    // own URL's failure, never of the other's.
+    let b = outcome(b).await;
+    assert_status(b.clone(), Code::Unavailable, &["/b-busy", "503"]);
+    assert!(!b.unwrap_err().message().contains("/a-dead"));
+    let a = a.await.unwrap();
+    assert_status(a.clone(), Code::NotFound, &["/a-dead"]);
+    assert!(!a.unwrap_err().message().contains("/b-busy"));
+    assert_eq!(http.requests_to("/b-busy"), 1);
+    daemon.wait_ingest_empty(Duration::from_secs(2)).await;
+    daemon.assert_empty();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_max_size_does_not_fail_a_joiner_without_one() {
     // Held before the headers: the declared size arrives after B joined.
     a_low_limit_and_a_joiner(
