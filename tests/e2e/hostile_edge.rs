@@ -6,8 +6,15 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tonic::Code;
+
 use crate::common::http::{HttpServer, Reply};
-use crate::common::{connect, digest_of, fetch_req, random_bytes};
+use crate::common::{
+    TestDaemon, WRONG_DIGEST, assert_status, connect, digest_of, fetch_req, random_bytes,
+};
+
+/// The longest URL a request may carry, in bytes (as the daemon documents).
+const MAX_URL_LEN: usize = 8192;
 
 /// Waits until `socket` accepts connections; fails if `child` exits first.
 fn wait_ready(child: &mut std::process::Child, socket: &Path) {
@@ -98,4 +105,98 @@ async fn a_dead_log_reader_breaks_no_request_and_no_shutdown() {
     };
     assert!(status.success(), "assetd exited with {status}");
     assert!(!socket.exists(), "the socket was left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlong_urls_are_invalid_naming_length_and_bound() {
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+    // 100 KB fits a gRPC message (4 MiB) and reaches the handler; 1 MB as
+    // well. Both must be refused by the bound, not by HTTP/2 or reqwest.
+    for len in [100_000, 1_000_000] {
+        let url = format!("https://example.com/{}", "a".repeat(len - 20));
+        assert_eq!(url.len(), len);
+        let status = client
+            .fetch(fetch_req(&url, WRONG_DIGEST, ""))
+            .await
+            .expect_err("an overlong URL is refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        let message = status.message();
+        assert!(message.contains(&len.to_string()), "{message}");
+        assert!(message.contains(&MAX_URL_LEN.to_string()), "{message}");
+        assert!(message.len() < 1024, "{} bytes quoted", message.len());
+        // A mirror is held to the same bound.
+        let mut req = fetch_req("https://example.com/x", WRONG_DIGEST, "");
+        req.mirrors = vec![url];
+        assert_status(client.fetch(req).await, Code::InvalidArgument, &["mirror"]);
+    }
+    daemon.assert_empty();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_of_long_urls_quote_a_bounded_prefix() {
+    let http = HttpServer::start().await;
+    let daemon = TestDaemon::start();
+    // Just within the bound; nothing is served there.
+    let base = http.url("/missing/");
+    let url = format!("{base}{}", "b".repeat(MAX_URL_LEN - base.len()));
+    assert_eq!(url.len(), MAX_URL_LEN);
+    let status = daemon
+        .client()
+        .await
+        .fetch(fetch_req(&url, WRONG_DIGEST, ""))
+        .await
+        .expect_err("nothing is there");
+    assert_eq!(status.code(), Code::NotFound, "{}", status.message());
+    assert!(
+        status.message().contains("/missing/bbb"),
+        "{}",
+        status.message()
+    );
+    assert!(status.message().contains('…'), "{}", status.message());
+    assert!(
+        status.message().len() < 1024,
+        "{} bytes quoted",
+        status.message().len()
+    );
+    daemon.assert_empty();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_names_with_invisible_characters_are_refused() {
+    let http = HttpServer::start().await;
+    let body = random_bytes(4096, 62);
+    let digest = digest_of(&body);
+    let url = http.route("/leased", Reply::Body(body));
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+    for (name, code_point) in [
+        ("sandbox\u{202E}gpj.exe", "U+202E"),
+        ("a\u{200B}b", "U+200B"),
+        ("\u{2066}x", "U+2066"),
+    ] {
+        assert_status(
+            client.fetch(fetch_req(&url, &digest, name)).await,
+            Code::InvalidArgument,
+            &[code_point],
+        );
+    }
+    daemon.assert_empty();
+    let printable = "sandbox-é-名前";
+    client
+        .fetch(fetch_req(&url, &digest, printable))
+        .await
+        .expect("a printable non-ASCII lease name is fine");
+    let listed = daemon
+        .client()
+        .await
+        .list(assetd::proto::ListRequest {
+            lease: printable.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .assets;
+    assert_eq!(listed.len(), 1);
 }
