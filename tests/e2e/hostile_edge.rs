@@ -2,6 +2,7 @@
 //! URLs, lease names that render deceptively, and what `assetctl` says when
 //! the socket is closed to it or missing.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -199,4 +200,62 @@ async fn lease_names_with_invisible_characters_are_refused() {
         .into_inner()
         .assets;
     assert_eq!(listed.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assetctl_denied_by_socket_mode_exits_6_naming_the_group() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let daemon = TestDaemon::start();
+    // Nobody may reach the folder, but not open the socket (0660, root's group).
+    let run_dir = daemon.socket.parent().unwrap();
+    std::fs::set_permissions(
+        run_dir.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
+    let mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_assetctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("ls")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(
+        stderr.contains(&daemon.socket.display().to_string()),
+        "{stderr}"
+    );
+    assert!(stderr.contains("group"), "{stderr}");
+    assert!(!stderr.contains("cannot reach"), "{stderr}");
+}
+
+#[test]
+fn assetctl_names_a_missing_sockets_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("absent.sock");
+    let out = Command::new(env!("CARGO_BIN_EXE_assetctl"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("ls")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("cannot reach assetd"), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
 }
