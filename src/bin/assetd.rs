@@ -1,9 +1,10 @@
 //! `assetd`: the daemon. Parses flags, sets up logging, runs until SIGINT or
 //! SIGTERM.
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use assetd::config::{ByteSize, Config, MinFree, Seconds};
 use assetd::server::Listener;
@@ -109,21 +110,24 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(LossyStderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // Its own report of a failed write is an `eprintln!`, which panics
+        // on a broken stderr.
+        .log_internal_errors(false)
         .init();
     let config = Args::parse().apply(Config::default());
     let config = match config.validate() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("assetd: {e}");
+            report(&e.to_string());
             return ExitCode::from(2);
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("assetd: starting the runtime: {e}");
+            report(&format!("starting the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -142,7 +146,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("assetd: {e}");
+            report(&e);
             ExitCode::FAILURE
         }
     }
@@ -161,4 +165,58 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
         }
         tracing::info!("shutting down");
     })
+}
+
+/// Prints `message` on stderr if it can: `eprintln!` would panic on a
+/// broken stderr and turn a clean exit code into 101.
+fn report(message: &str) {
+    let _ = writeln!(std::io::stderr(), "assetd: {message}");
+}
+
+/// Log lines that could not be written and are not yet reported.
+static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
+
+/// Stderr for the log, where a failed write never fails anything: with
+/// stderr a pipe whose reader died, every write is EPIPE (SIGPIPE is
+/// ignored, as Rust's runtime sets it up), and a log line must not cost a
+/// request or a clean shutdown. The line is dropped and counted; the count
+/// is written before the next line that gets through.
+#[derive(Debug, Clone, Copy)]
+struct LossyStderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LossyStderr {
+    type Writer = LossyStderr;
+
+    fn make_writer(&'a self) -> LossyStderr {
+        LossyStderr
+    }
+}
+
+impl std::io::Write for LossyStderr {
+    /// Writes all of `line` (one event) or drops it; always `Ok`.
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        let dropped = DROPPED_LINES.swap(0, Ordering::Relaxed);
+        let notice = if dropped == 0 {
+            Ok(())
+        } else {
+            writeln!(
+                err,
+                "assetd: {dropped} log lines dropped: stderr was not writable"
+            )
+        };
+        if notice.is_err() {
+            DROPPED_LINES.fetch_add(dropped, Ordering::Relaxed);
+        }
+        if notice.is_err() || err.write_all(line).is_err() {
+            DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // Stderr is unbuffered; a failed flush has nothing left to lose.
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }

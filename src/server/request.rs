@@ -12,7 +12,7 @@ use super::RequestError;
 use crate::digest::Digest;
 use crate::fetch::{Caller, Lease, Want};
 use crate::proto;
-use crate::source::SourceUrl;
+use crate::source::{MAX_URL_LEN, SourceUrl, bounded};
 
 /// The longest lease name, in bytes.
 const MAX_LEASE_LEN: usize = 256;
@@ -117,6 +117,17 @@ pub(super) fn want(
     caller: Caller,
     parsed: &Urls,
 ) -> Result<Want, RequestError> {
+    // Before any other work: nothing below should see a megabyte of URL.
+    if req.mirrors.len() > MAX_MIRRORS {
+        return Err(RequestError::Invalid(format!(
+            "{} mirrors given; at most {MAX_MIRRORS} are accepted",
+            req.mirrors.len()
+        )));
+    }
+    url_len("url", &req.url)?;
+    for mirror in &req.mirrors {
+        url_len("mirror", mirror)?;
+    }
     let lease = match req.lease.as_str() {
         "" if req.lease_ttl_seconds > 0 => {
             return Err(RequestError::Invalid(
@@ -130,12 +141,6 @@ pub(super) fn want(
         }),
     };
     let digest = digest(&req.digest)?;
-    if req.mirrors.len() > MAX_MIRRORS {
-        return Err(RequestError::Invalid(format!(
-            "{} mirrors given; at most {MAX_MIRRORS} are accepted",
-            req.mirrors.len()
-        )));
-    }
     let urls = std::iter::once(&req.url)
         .chain(&req.mirrors)
         .map(|u| parsed.parse(u))
@@ -150,17 +155,91 @@ pub(super) fn want(
     })
 }
 
-/// A lease name: 1 to 256 bytes, no control characters.
-pub(super) fn lease(name: String) -> Result<String, RequestError> {
-    let printable =
-        !name.is_empty() && name.len() <= MAX_LEASE_LEN && !name.chars().any(char::is_control);
-    if printable {
-        Ok(name)
-    } else {
-        Err(RequestError::Invalid(format!(
-            "malformed lease {name:?}: want 1 to {MAX_LEASE_LEN} printable characters"
-        )))
+/// Refuses a URL (`what`: "url" or "mirror") longer than [`MAX_URL_LEN`].
+fn url_len(what: &str, url: &str) -> Result<(), RequestError> {
+    if url.len() <= MAX_URL_LEN {
+        return Ok(());
     }
+    Err(RequestError::Invalid(format!(
+        "{what} of {} bytes is longer than the bound of {MAX_URL_LEN} bytes: {:?}",
+        url.len(),
+        bounded(url)
+    )))
+}
+
+/// A lease name: 1 to 256 bytes of printable characters. Control
+/// characters, and format characters (bidi overrides, zero-width ones) that
+/// would make a name render as another in `ls`, are refused naming their
+/// code point.
+pub(super) fn lease(name: String) -> Result<String, RequestError> {
+    let want = format!("want 1 to {MAX_LEASE_LEN} bytes of printable characters");
+    if name.is_empty() || name.len() > MAX_LEASE_LEN {
+        return Err(RequestError::Invalid(format!(
+            "malformed lease of {} bytes {:?}: {want}",
+            name.len(),
+            bounded(&name)
+        )));
+    }
+    match name.chars().enumerate().find(|&(_, c)| hidden(c)) {
+        None => Ok(name),
+        Some((at, c)) => {
+            let shown: String = name.chars().map(escaped).collect();
+            Err(RequestError::Invalid(format!(
+                "malformed lease \"{shown}\": character {} at position {at} is not printable; {want}",
+                code_point(c)
+            )))
+        }
+    }
+}
+
+/// `U+XXXX`, as Unicode names a character.
+fn code_point(c: char) -> String {
+    format!("U+{:04X}", u32::from(c))
+}
+
+/// `c` as a message may show it: a hidden character as its code point.
+fn escaped(c: char) -> String {
+    if hidden(c) {
+        format!("<{}>", code_point(c))
+    } else {
+        c.to_string()
+    }
+}
+
+/// Whether `c` is a control (Cc), a line or paragraph separator (Zl, Zp) or
+/// a format character (Cf: bidi controls, zero-width ones, tags): all
+/// invisible or able to change how the text around them renders.
+fn hidden(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_format(c)
+}
+
+/// Unicode general category Cf (Unicode 15.1), by range.
+fn is_format(c: char) -> bool {
+    const CF: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x202A, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let c = u32::from(c);
+    CF.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
 }
 
 fn nonzero(n: u64) -> Option<u64> {
@@ -210,7 +289,7 @@ mod tests {
         many.mirrors = vec!["https://h/m".into(); 17];
         for (req, part) in [
             (bad_url, "\"not a url\""),
-            (bad_lease, "\"a\\nb\""),
+            (bad_lease, "U+000A"),
             (ttl_alone, "lease_ttl_seconds"),
             (bad_digest, "XYZ"),
             (many, "17 mirrors"),
@@ -219,6 +298,55 @@ mod tests {
             assert!(matches!(err, RequestError::Invalid(_)), "{err}");
             assert!(err.to_string().contains(part), "{err} lacks {part}");
         }
+    }
+
+    #[test]
+    fn overlong_urls_are_refused_naming_length_and_bound() {
+        let at_bound = format!("https://h/{}", "a".repeat(MAX_URL_LEN - 10));
+        let mut ok = request();
+        ok.url = at_bound.clone();
+        assert!(want(ok, ROOT, &Urls::default()).is_ok());
+        let over = format!("{at_bound}a");
+        let mut long_url = request();
+        long_url.url = over.clone();
+        // Refused before the digest is even looked at.
+        long_url.digest = "not a digest".into();
+        let mut long_mirror = request();
+        long_mirror.mirrors = vec![over];
+        for (req, what) in [
+            (long_url, "url of 8193 bytes"),
+            (long_mirror, "mirror of 8193"),
+        ] {
+            let err = want(req, ROOT, &Urls::default()).unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, RequestError::Invalid(_)), "{text}");
+            assert!(text.contains(what) && text.contains("8192"), "{text}");
+            assert!(text.len() < 512 && text.contains('…'), "{text}");
+        }
+    }
+
+    #[test]
+    fn lease_names_with_hidden_characters_are_refused_by_code_point() {
+        for (name, point) in [
+            ("a\u{202E}b", "U+202E"),
+            ("a\u{200B}b", "U+200B"),
+            ("\u{2066}a\u{2069}", "U+2066"),
+            ("\u{FEFF}a", "U+FEFF"),
+            ("a\u{7F}", "U+007F"),
+            ("a\u{2028}", "U+2028"),
+            ("tag\u{E0041}", "U+E0041"),
+        ] {
+            let err = lease(name.into()).unwrap_err().to_string();
+            assert!(err.contains(point), "{err}");
+            // The message itself carries no hidden character.
+            assert!(!err.chars().any(hidden), "{err:?}");
+        }
+        for name in ["sandbox-42", "été", "名前", "Ωmega λ", "a b"] {
+            assert_eq!(lease(name.into()).unwrap(), name);
+        }
+        let long = lease("x".repeat(10_000)).unwrap_err().to_string();
+        assert!(long.contains("10000 bytes") && long.len() < 512, "{long}");
+        assert!(lease(String::new()).is_err());
     }
 
     #[test]

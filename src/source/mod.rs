@@ -9,6 +9,7 @@ mod file;
 mod gcs;
 mod http;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -24,11 +25,32 @@ pub use file::FileSource;
 pub use gcs::GcsSource;
 pub use http::HttpSource;
 
-/// A source failure, naming the URL.
+/// The longest URL a request may carry, in bytes. Real URLs, signed ones
+/// included, stay well under it; far longer ones are refused at the edge
+/// before they reach a source (reqwest refuses past 64 KiB, and a status
+/// quoting one would not fit HTTP/2's header limits).
+pub const MAX_URL_LEN: usize = 8192;
+
+/// How many characters of a URL (or other caller-given text) messages and
+/// logs quote; see [`bounded`].
+pub const QUOTED_CHARS: usize = 256;
+
+/// `text` as messages and logs quote it: its first [`QUOTED_CHARS`]
+/// characters, and "…" when there were more. A status carrying a whole
+/// multi-kilobyte URL can exceed a client's HTTP/2 header limit and arrive
+/// as a protocol error instead of the reason.
+pub fn bounded(text: &str) -> Cow<'_, str> {
+    match text.char_indices().nth(QUOTED_CHARS) {
+        None => Cow::Borrowed(text),
+        Some((cut, _)) => Cow::Owned(format!("{}…", &text[..cut])),
+    }
+}
+
+/// A source failure, naming the URL (at most [`QUOTED_CHARS`] of it).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The URL does not parse or lacks a part the scheme needs.
-    #[error("malformed URL {url:?}: {reason}")]
+    #[error("malformed URL {:?}: {reason}", bounded(.url))]
     InvalidUrl {
         /// The URL as given.
         url: String,
@@ -36,7 +58,7 @@ pub enum SourceError {
         reason: String,
     },
     /// No source serves this scheme.
-    #[error("unsupported URL scheme {scheme:?} in {url}: supported are {supported}")]
+    #[error("unsupported URL scheme {:?} in {}: supported are {supported}", bounded(.scheme), bounded(.url))]
     UnsupportedScheme {
         /// The URL as given.
         url: String,
@@ -46,7 +68,7 @@ pub enum SourceError {
         supported: String,
     },
     /// The source has no such object.
-    #[error("{url}: not found ({detail})")]
+    #[error("{}: not found ({detail})", bounded(.url))]
     NotFound {
         /// The URL.
         url: String,
@@ -54,7 +76,7 @@ pub enum SourceError {
         detail: String,
     },
     /// The daemon's policy or the upstream refuses this URL.
-    #[error("{url}: permission denied: {reason}")]
+    #[error("{}: permission denied: {reason}", bounded(.url))]
     Denied {
         /// The URL.
         url: String,
@@ -62,7 +84,7 @@ pub enum SourceError {
         reason: String,
     },
     /// The upstream answered with an error status.
-    #[error("{url}: upstream answered HTTP {status}")]
+    #[error("{}: upstream answered HTTP {status}", bounded(.url))]
     Status {
         /// The URL.
         url: String,
@@ -72,7 +94,7 @@ pub enum SourceError {
         retry_after: Option<Duration>,
     },
     /// The connection or transfer failed.
-    #[error("{url}: transfer failed: {detail}")]
+    #[error("{}: transfer failed: {detail}", bounded(.url))]
     Transport {
         /// The URL.
         url: String,
@@ -82,7 +104,7 @@ pub enum SourceError {
         retryable: bool,
     },
     /// The upstream answered a resumed read with bytes from elsewhere.
-    #[error("{url}: asked for bytes from {offset}, got {got}")]
+    #[error("{}: asked for bytes from {offset}, got {got}", bounded(.url))]
     BadRange {
         /// The URL.
         url: String,
@@ -92,7 +114,7 @@ pub enum SourceError {
         got: String,
     },
     /// The bytes do not match the checksum the source published.
-    #[error("{url}: {algorithm} mismatch: expected {expected}, got {actual}")]
+    #[error("{}: {algorithm} mismatch: expected {expected}, got {actual}", bounded(.url))]
     ChecksumMismatch {
         /// The URL.
         url: String,
@@ -179,9 +201,10 @@ impl From<Url> for SourceUrl {
     }
 }
 
+/// The redacted URL, bounded (see [`bounded`]): what logs show.
 impl std::fmt::Display for SourceUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.redacted())
+        f.write_str(&bounded(self.redacted()))
     }
 }
 
@@ -359,6 +382,25 @@ mod tests {
         assert!(!err.to_string().contains("secret") && !err.to_string().contains("abc"));
         let https = SourceUrl::parse("https://host/x").unwrap();
         assert!(sources.resolve(&https).is_ok());
+    }
+
+    #[test]
+    fn messages_quote_a_bounded_prefix_of_a_url() {
+        let long = format!("https://h/{}", "é".repeat(5000));
+        let url = SourceUrl::parse(&long).unwrap();
+        let shown = url.to_string();
+        assert_eq!(shown.chars().count(), QUOTED_CHARS + 1);
+        assert!(shown.ends_with('…') && shown.starts_with("https://h/"));
+        let err = SourceError::NotFound {
+            url: url.redacted().to_owned(),
+            detail: "HTTP 404".into(),
+        };
+        assert!(err.to_string().len() < 1024, "{err}");
+        let err = SourceUrl::parse(&format!("no scheme {long}"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().len() < 1024, "{err}");
+        assert_eq!(bounded("short"), "short");
     }
 
     #[test]

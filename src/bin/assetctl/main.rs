@@ -6,7 +6,7 @@
 mod display;
 mod manifest;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use assetd::proto::assets_client::AssetsClient;
@@ -150,13 +150,7 @@ async fn run(cli: Cli) -> ExitCode {
         .unwrap_or_else(|| assetd::config::default_paths().1);
     let mut client = match connect(&socket).await {
         Ok(c) => c,
-        Err(e) => {
-            let hint = "is it running? set --socket or ASSETD_SOCKET";
-            return fail(
-                3,
-                &format!("cannot reach assetd at {}: {e} ({hint})", socket.display()),
-            );
-        }
+        Err(e) => return fail(e.exit_code(), &e.to_string()),
     };
     let out = Output { json: cli.json };
     let result = match (cli.command, manifest) {
@@ -243,15 +237,107 @@ async fn call(
     }
 }
 
-async fn connect(socket: &std::path::Path) -> Result<AssetsClient<Channel>, String> {
-    let absolute = std::path::absolute(socket).map_err(|e| e.to_string())?;
+async fn connect(socket: &Path) -> Result<AssetsClient<Channel>, ConnectError> {
+    let unreachable = |cause| ConnectError::Unreachable {
+        socket: socket.to_owned(),
+        cause,
+    };
+    let absolute = std::path::absolute(socket).map_err(|e| unreachable(e.to_string()))?;
     let endpoint = Endpoint::from_shared(format!("unix://{}", absolute.display()))
-        .map_err(|e| e.to_string())?;
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| assetd::error_chain(&e))?;
-    Ok(AssetsClient::new(channel))
+        .map_err(|e| unreachable(causes(&e)))?;
+    match endpoint.connect().await {
+        Ok(channel) => Ok(AssetsClient::new(channel)),
+        Err(e) if io_kind(&e) == Some(std::io::ErrorKind::PermissionDenied) => {
+            Err(ConnectError::Denied {
+                socket: socket.to_owned(),
+                access: access(socket),
+            })
+        }
+        Err(e) => Err(unreachable(causes(&e))),
+    }
+}
+
+/// Why assetctl could not talk to the daemon.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    /// The socket (or a folder on the way) is closed to this user.
+    #[error("permission denied on the socket {}: {access}", socket.display())]
+    Denied {
+        /// The socket.
+        socket: PathBuf,
+        /// Who may open it and how access is granted.
+        access: String,
+    },
+    /// No daemon answers there.
+    #[error(
+        "cannot reach assetd at {}: {cause} (is it running? set --socket or ASSETD_SOCKET)",
+        socket.display()
+    )]
+    Unreachable {
+        /// The socket.
+        socket: PathBuf,
+        /// Why, each cause once.
+        cause: String,
+    },
+}
+
+impl ConnectError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            ConnectError::Denied { .. } => 6,
+            ConnectError::Unreachable { .. } => 3,
+        }
+    }
+}
+
+/// Who may open `socket`, and how a user is given access: the daemon makes
+/// it 0660, so by membership of its group.
+fn access(socket: &Path) -> String {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let uid = nix::unistd::getuid();
+    let Ok(meta) = std::fs::metadata(socket) else {
+        return format!(
+            "a folder on the way to it is closed to uid {uid}; access is granted by the \
+             socket's group and its folders' modes"
+        );
+    };
+    let group = nix::unistd::Group::from_gid(meta.gid().into())
+        .ok()
+        .flatten()
+        .map_or_else(|| meta.gid().to_string(), |g| g.name);
+    format!(
+        "it is mode {:o} with group {group}, and uid {uid} is not in that group; access is \
+         granted by the socket's group: ask an admin to add you to group {group}",
+        meta.permissions().mode() & 0o7777,
+    )
+}
+
+/// The kind of the first OS error among `err`'s causes.
+fn io_kind(err: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// `err` and its causes, outermost first, each said once: the transport's
+/// layers often repeat their cause's text as their own.
+fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 async fn fetch(
