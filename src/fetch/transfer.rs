@@ -185,7 +185,7 @@ async fn from_url(
     state.send_modify(|s| s.progress.source = String::new());
     let _permits = inner.limits.acquire(url.url()).await;
     state.send_modify(|s| {
-        s.progress.source = url.redacted().to_owned();
+        s.progress.source = crate::source::bounded(url.redacted()).into_owned();
         s.progress.started.get_or_insert_with(Instant::now);
     });
     let mut attempt = Attempt {
@@ -302,7 +302,7 @@ impl Attempt<'_> {
             && expected != declared
         {
             return Err(FetchError::DeclaredSizeMismatch {
-                url: self.url.redacted().to_owned(),
+                url: crate::source::bounded(self.url.redacted()).into_owned(),
                 expected,
                 declared,
             });
@@ -310,7 +310,7 @@ impl Attempt<'_> {
         check_fits(self.inner, declared)?;
         if declared > limit {
             return Err(FetchError::DeclaredTooLarge {
-                url: self.url.redacted().to_owned(),
+                url: crate::source::bounded(self.url.redacted()).into_owned(),
                 size: declared,
                 limit,
             });
@@ -320,7 +320,7 @@ impl Attempt<'_> {
 
     fn stalled(&self) -> FetchError {
         FetchError::Stalled {
-            url: self.url.redacted().to_owned(),
+            url: crate::source::bounded(self.url.redacted()).into_owned(),
             secs: self.inner.fetch.stall_timeout.0.as_secs_f64(),
         }
     }
