@@ -9,6 +9,7 @@ mod disk;
 mod fetch;
 mod gcs;
 mod grpcurl;
+mod hostile_store;
 mod lifecycle;
 mod pipeline;
 mod seams;
