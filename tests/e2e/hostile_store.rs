@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use assetd::proto::{FetchRequest, StatRequest, VerifyRequest};
+use assetd::proto::{FetchRequest, ListRequest, StatRequest, VerifyRequest};
 use tonic::Code;
 
 use crate::common::http::{HttpServer, Reply};
-use crate::common::{TestDaemon, assert_status, connect, daemon_command, digest_of};
+use crate::common::{TestDaemon, assert_status, connect, daemon_command, digest_of, listed};
 
 const ZEROS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const ONES: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -86,6 +86,12 @@ fn assert_refused(root: &Path, parts: &[&str]) {
     for part in parts {
         assert!(log.contains(part), "log should contain {part:?}:\n{log}");
     }
+}
+
+/// Returns once the daemon has opened its store: the socket answers from
+/// bind on, calls only after the store is open.
+async fn opened(daemon: &TestDaemon) {
+    listed(daemon, ListRequest::default()).await;
 }
 
 /// Names of the entries in `dir`.
@@ -236,6 +242,7 @@ async fn a_fifo_named_as_a_digest_stalls_neither_start_nor_verify() {
 
     // Start would hang reading it; it is quarantined instead.
     let daemon = TestDaemon::start_at(&root, &[]);
+    opened(&daemon).await;
     assert!(
         fs::symlink_metadata(quarantined(&root, TWOS))
             .unwrap()
@@ -355,12 +362,14 @@ async fn metadata_is_made_private_at_start_and_so_is_a_damaged_copy() {
     daemon.stop();
     set_mode(&meta, 0o644);
     daemon.start_again(&[]);
+    opened(&daemon).await;
     assert_eq!(mode(&meta), 0o600);
 
     daemon.stop();
     fs::write(&meta, vec![0x5a; 8192]).unwrap();
     set_mode(&meta, 0o644);
     daemon.start_again(&[]);
+    opened(&daemon).await;
     assert_eq!(mode(&meta), 0o600);
     let damaged: Vec<String> = names(&daemon.root)
         .into_iter()
