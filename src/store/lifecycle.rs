@@ -14,6 +14,7 @@ use std::os::unix::fs::MetadataExt as _;
 use sha2::{Digest as _, Sha256};
 
 use super::index::{Entry, Refusal, Removal, eviction_order};
+use super::layout::{self, Found};
 use super::meta::{Pin, now_ms};
 use super::{Blob, Store, StoreError, fsync_dir};
 use crate::digest::Digest;
@@ -60,13 +61,31 @@ pub struct EvictPolicy {
     pub grace: std::time::Duration,
 }
 
+/// What was found at a blob's path that failed verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actual {
+    /// A regular file whose bytes hash to this.
+    Digest(Digest),
+    /// Not a regular file (a symlink, folder, FIFO...): never read.
+    NotRegular(&'static str),
+}
+
+impl std::fmt::Display for Actual {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Actual::Digest(d) => d.fmt(f),
+            Actual::NotRegular(kind) => write!(f, "not a regular file but a {kind}"),
+        }
+    }
+}
+
 /// A blob that failed verification.
 #[derive(Debug, Clone)]
 pub struct Corrupt {
     /// Its name.
     pub digest: Digest,
-    /// What its bytes hash to.
-    pub actual: Digest,
+    /// What its bytes hash to, or what it is instead of a file.
+    pub actual: Actual,
     /// Where it was moved.
     pub quarantined: std::path::PathBuf,
 }
@@ -258,12 +277,25 @@ impl Store {
         Ok(evicted)
     }
 
-    /// Re-hashes a blob. A mismatch moves it to `quarantine/` and forgets
-    /// it; `Ok(None)` when it verifies (or is not cached). Blocking.
+    /// Re-hashes a blob. A mismatch, or anything but a regular file at its
+    /// path (never followed, read or waited on), moves it to `quarantine/`
+    /// and forgets it; `Ok(None)` when it verifies (or is not there).
+    /// Blocking.
     pub fn verify(&self, digest: &Digest) -> Result<Option<Corrupt>, StoreError> {
         let path = self.blob_path(digest);
-        let mut file = match fs::File::open(&path) {
-            Ok(f) => f,
+        let (actual, inode) = match layout::open_blob(&path) {
+            Ok(Found::Regular(file)) => {
+                let inode = file
+                    .metadata()
+                    .map_err(StoreError::io("stat", &path))?
+                    .ino();
+                let actual = hash(file, &path)?;
+                if actual == *digest {
+                    return Ok(None);
+                }
+                (Actual::Digest(actual), inode)
+            }
+            Ok(Found::NotRegular { kind, ino }) => (Actual::NotRegular(kind), ino),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Removed behind the daemon's back: stop handing it out.
                 let _files = self.files();
@@ -279,31 +311,13 @@ impl Store {
             }
             Err(e) => return Err(StoreError::io("open", &path)(e)),
         };
-        let inode = file
-            .metadata()
-            .map_err(StoreError::io("stat", &path))?
-            .ino();
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf).map_err(StoreError::io("read", &path))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        let actual = Digest::from_bytes(hasher.finalize().into());
-        if actual == *digest {
-            return Ok(None);
-        }
         let quarantine = self.root.join("quarantine");
-        super::mkdir(&quarantine, 0o700)?;
-        let moved = quarantine.join(format!("{}.{}", digest.hex(), now_ms()));
-        {
+        layout::prepare_folder(&quarantine, layout::PRIVATE)?;
+        let moved = {
             let _files = self.files();
             // Deleted and fetched again while we hashed: the new file is
             // another one, verified by its own commit.
-            match fs::metadata(&path) {
+            match fs::symlink_metadata(&path) {
                 Ok(m) if m.ino() == inode => {}
                 _ => return Ok(None),
             }
@@ -312,10 +326,11 @@ impl Store {
             self.index()
                 .take(digest, Removal::Delete { force: true }, 0)
                 .ok();
-            fs::rename(&path, &moved).map_err(StoreError::io("rename", &path))?;
+            let moved = layout::quarantine_entry(&path, &quarantine)?;
             fsync_dir(&self.blobs)?;
             self.meta.remove(digest)?;
-        }
+            moved
+        };
         tracing::error!(%digest, %actual, quarantined = %moved.display(), "blob failed verification");
         Ok(Some(Corrupt {
             digest: *digest,
@@ -354,4 +369,18 @@ impl Store {
         self.meta.remove(digest)?;
         Ok(Ok(entry.size))
     }
+}
+
+/// What the bytes of `file` hash to. Blocking.
+fn hash(mut file: fs::File, path: &std::path::Path) -> Result<Digest, StoreError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(StoreError::io("read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(Digest::from_bytes(hasher.finalize().into()))
 }

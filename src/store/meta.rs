@@ -10,9 +10,11 @@
 //! seconds of LRU order.
 
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use nix::fcntl::OFlag;
 use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
 use super::index::{Entry, Index};
@@ -84,6 +86,10 @@ impl Meta {
     /// reconciles it with `on_disk` (each blob's digest, size and mtime).
     pub fn open(root: &Path, on_disk: &[(Digest, u64, i64)]) -> Result<Meta, MetaError> {
         let path = root.join("meta.redb");
+        private_file(&path).map_err(|e| MetaError {
+            path: path.clone(),
+            source: redb::Error::Io(e),
+        })?;
         let db = match Database::create(&path) {
             Ok(db) => db,
             // Only damage is repaired by a rebuild; an I/O or permission
@@ -97,10 +103,13 @@ impl Meta {
             Err(e) => {
                 let aside = root.join(format!("meta.redb.damaged-{}", now_ms()));
                 tracing::warn!(error = %e, moved_to = %aside.display(), "metadata store damaged; rebuilding it from blobs/");
-                std::fs::rename(&path, &aside).map_err(|e| MetaError {
-                    path: path.clone(),
-                    source: redb::Error::Io(e),
-                })?;
+                std::fs::rename(&path, &aside)
+                    .and_then(|()| private_file(&aside))
+                    .and_then(|()| private_file(&path))
+                    .map_err(|e| MetaError {
+                        path: path.clone(),
+                        source: redb::Error::Io(e),
+                    })?;
                 Database::create(&path).map_err(|e| MetaError {
                     path: path.clone(),
                     source: e.into(),
@@ -286,6 +295,32 @@ impl Meta {
     pub fn remove(&self, digest: &Digest) -> Result<(), MetaError> {
         self.write(Durability::Immediate, |tx| remove_in(tx, digest))
     }
+}
+
+/// Creates `path` (or takes the existing file) as a regular file of mode
+/// 0600 whatever the umask: leases and URLs are no one else's. A link or
+/// anything but a regular file is refused, never followed or waited on.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP) => {
+                std::io::Error::other("a symlink, refused (rm it: it is rebuilt)")
+            }
+            _ => e,
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(
+            "not a regular file, refused (move it away: it is rebuilt)",
+        ));
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
 }
 
 /// Whether opening failed because the file is not a sound database.

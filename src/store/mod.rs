@@ -3,12 +3,16 @@
 //! Layout under the root:
 //!
 //! ```text
-//! blobs/sha256/<64 hex>   verified assets, mode 0444
-//! ingest/                 temp files of ingests in progress
-//! quarantine/             blobs that failed verification, out of service
-//! meta.redb               metadata (sizes, last use, URLs, leases)
-//! lock                    flock held by the one daemon using this root
+//! blobs/sha256/<64 hex>   verified assets, mode 0444, folders 0755
+//! ingest/                 temp files of ingests in progress (0700)
+//! quarantine/             blobs that failed verification or reconcile (0700)
+//! meta.redb               metadata (sizes, last use, URLs, leases), 0600
+//! lock                    flock held by the one daemon using this root, 0600
 //! ```
+//!
+//! Modes are set explicitly, whatever the umask. The store trusts nothing it
+//! did not make: see [`layout`] for the checks at start (folders the daemon's
+//! alone, one file system, no link followed, non-blobs quarantined).
 //!
 //! The files are the truth: the metadata is reconciled with `blobs/` at
 //! every start and rebuilt from it when damaged, then loaded into an
@@ -26,23 +30,25 @@
 
 mod index;
 mod ingest;
+mod layout;
 mod lifecycle;
 mod meta;
 mod writer;
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{Flock, FlockArg, OFlag};
 
 use crate::digest::Digest;
 use index::{Entry, Index};
 pub use ingest::Ingest;
-pub use lifecycle::{AssetInfo, Corrupt, EvictPolicy, ListQuery};
+pub use layout::Unsafe;
+pub use lifecycle::{Actual, AssetInfo, Corrupt, EvictPolicy, ListQuery};
 pub use meta::{MetaError, Pin, Record, now_ms};
 
 /// A store failure, naming what failed.
@@ -58,15 +64,18 @@ pub enum StoreError {
         /// The OS error.
         source: io::Error,
     },
-    /// The root belongs to another user.
-    #[error("{path} is owned by uid {owner}, not by this daemon's uid {me}")]
+    /// A store folder is not the daemon's alone, or not where it must be:
+    /// another user owns it, group or others may write in it, it is a
+    /// symlink or no folder, or it is on another file system than `blobs/`.
+    /// The daemon refuses to start on it.
+    // The name predates the other problems; it stays until the status
+    // mapping (src/server) can move with it.
+    #[error("refusing {path}: {problem}; fix: {}", .problem.fix(.path))]
     NotOwned {
-        /// The root.
+        /// The folder.
         path: PathBuf,
-        /// Its owner.
-        owner: u32,
-        /// The daemon's effective uid.
-        me: u32,
+        /// What is wrong with it.
+        problem: Unsafe,
     },
     /// The metadata store failed.
     #[error(transparent)]
@@ -184,30 +193,33 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `root`, takes its lock and
-    /// removes every leftover temp file in `ingest/`.
+    /// Opens (creating if needed) the store at `root`, takes its lock,
+    /// removes every leftover temp file in `ingest/` and moves whatever in
+    /// `blobs/sha256/` is not a blob to `quarantine/`.
     ///
-    /// Errors: [`StoreError::Locked`] when another process uses `root`;
-    /// [`StoreError::Io`] when a folder can't be made or read.
+    /// Errors: [`StoreError::NotOwned`] when the root or a store folder is
+    /// not the daemon's alone (see [`Unsafe`]); [`StoreError::Locked`] when
+    /// another process uses `root`; [`StoreError::Io`] when a folder can't be
+    /// made or read.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         let blobs = root.join("blobs").join("sha256");
         let ingest = root.join("ingest");
-        // Blobs are shared read-only with every sandbox; temp files are not.
-        mkdir(&blobs, 0o755)?;
-        check_owner(root)?;
-        mkdir(&ingest, 0o700)?;
-        let lock_path = root.join("lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(StoreError::io("open", &lock_path))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-            .map_err(|_| StoreError::Locked { path: lock_path })?;
-        // INVARIANT: the lock is held before anything in the root changes.
-        sweep(&ingest)?;
-        let meta = meta::Meta::open(root, &scan_blobs(&blobs)?)?;
+        let quarantine = root.join("quarantine");
+        layout::prepare_root(root)?;
+        let lock = lock(&root.join("lock"))?;
+        // INVARIANT: the lock is held before anything in the root changes,
+        // and each folder is checked before anything is made in it.
+        layout::prepare_folder(&root.join("blobs"), layout::SHARED)?;
+        layout::prepare_folder(&blobs, layout::SHARED)?;
+        layout::prepare_folder(&ingest, layout::PRIVATE)?;
+        layout::prepare_folder(&quarantine, layout::PRIVATE)?;
+        // A commit renames from ingest/, Verify and reconcile into
+        // quarantine/: refused now rather than after a whole download.
+        layout::same_device(&ingest, &blobs)?;
+        layout::same_device(&quarantine, &blobs)?;
+        layout::sweep(&ingest)?;
+        let on_disk = layout::scan_blobs(&blobs, &quarantine)?;
+        let meta = meta::Meta::open(root, &on_disk)?;
         let index = meta.load()?;
         Ok(Store {
             root: root.to_owned(),
@@ -318,79 +330,34 @@ impl Store {
     /// Removes every temp file in `ingest/`: at shutdown, once no transfer
     /// runs. Blocking.
     pub fn sweep_ingest(&self) -> Result<(), StoreError> {
-        sweep(&self.ingest)
+        layout::sweep(&self.ingest)
     }
 }
 
-/// Removes every leftover temp file of interrupted fetches.
-fn sweep(ingest: &Path) -> Result<(), StoreError> {
-    let entries = fs::read_dir(ingest).map_err(StoreError::io("read", ingest))?;
-    let mut swept = 0usize;
-    for entry in entries {
-        let path = entry.map_err(StoreError::io("read", ingest))?.path();
-        let removed = if path.is_dir() {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        match removed {
-            // A stopped transfer's writer thread removed it first.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            other => other.map_err(StoreError::io("remove", &path))?,
-        }
-        swept += 1;
-    }
-    if swept > 0 {
-        tracing::info!(swept, dir = %ingest.display(), "removed temp files of interrupted fetches");
-    }
-    Ok(())
-}
-
-/// Every blob's digest, size and mtime; names that are not digests are
-/// skipped.
-fn scan_blobs(blobs: &Path) -> Result<Vec<(Digest, u64, i64)>, StoreError> {
-    let entries = fs::read_dir(blobs).map_err(StoreError::io("read", blobs))?;
-    let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(StoreError::io("read", blobs))?;
-        let name = entry.file_name();
-        let Some(digest) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) else {
-            continue;
-        };
-        // A file deleted since the listing is simply not there.
-        if let Ok(meta) = entry.metadata() {
-            found.push((digest, meta.len(), meta.mtime()));
-        }
-    }
-    Ok(found)
-}
-
-/// Refuses a root another user owns: they could have planted files in
-/// `blobs/` that do not hold what their names say.
-fn check_owner(root: &Path) -> Result<(), StoreError> {
-    let meta = fs::metadata(root).map_err(StoreError::io("stat", root))?;
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(StoreError::NotOwned {
-            path: root.to_owned(),
-            owner: meta.uid(),
-            me,
-        });
-    }
-    Ok(())
-}
-
-fn mkdir(path: &Path, mode: u32) -> Result<(), StoreError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
-        .map_err(StoreError::io("create", path))
+/// Takes the root's lock: a file of the daemon's user alone (anyone who can
+/// open it could hold the lock and keep the daemon from starting).
+fn lock(path: &Path) -> Result<Flock<fs::File>, StoreError> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
+        .open(path)
+        .map_err(StoreError::io("open", path))?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(StoreError::io("chmod", path))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| StoreError::Locked {
+        path: path.to_owned(),
+    })
 }
 
 /// Makes a rename or unlink in `dir` durable.
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
-    fs::File::open(dir)
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_DIRECTORY).bits())
+        .open(dir)
         .and_then(|d| d.sync_all())
         .map_err(StoreError::io("fsync", dir))
 }

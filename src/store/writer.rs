@@ -46,7 +46,7 @@ impl<'a> Writer<'a> {
         let start = staging.as_ptr().align_offset(ALIGN);
         let direct = OpenOptions::new()
             .write(true)
-            .custom_flags(OFlag::O_DIRECT.bits())
+            .custom_flags((OFlag::O_DIRECT | OFlag::O_NOFOLLOW).bits())
             .open(path)
             .ok()
             .filter(|_| start < ALIGN);

@@ -10,6 +10,7 @@ mod fetch;
 mod gcs;
 mod grpcurl;
 mod hostile_edge;
+mod hostile_store;
 mod lifecycle;
 mod pipeline;
 mod seams;
