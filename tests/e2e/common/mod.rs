@@ -77,15 +77,19 @@ impl TestDaemon {
     }
 
     fn spawn(&mut self, args: &[&str]) {
+        let logged = fs::metadata(&self.log).map_or(0, |m| m.len());
         let child = daemon_command(&self.root, &self.socket, args, &self.log)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .spawn()
             .expect("spawn assetd");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready(logged);
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until this start's log (from byte `logged`) says it serves:
+    /// the socket is bound before the store opens, so a connect alone
+    /// would return while the store is still being opened.
+    fn wait_ready(&mut self, logged: u64) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(status) = self
@@ -95,7 +99,10 @@ impl TestDaemon {
             {
                 panic!("assetd exited early ({status}):\n{}", self.log());
             }
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            let log = fs::read(&self.log).unwrap_or_default();
+            let since = log.get(logged as usize..).unwrap_or_default();
+            let serving = String::from_utf8_lossy(since).contains("serving");
+            if serving && std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
