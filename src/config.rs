@@ -28,6 +28,9 @@ pub const DEFAULT_ATTEMPTS: u32 = 5;
 /// No bytes for this long is a failure: long enough for a slow CDN's first
 /// byte, short enough to notice a dead link.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The slowest transfer rate accepted, bytes a second, over a stall-timeout
+/// window: 1 KiB/s is far below any working link and far above a trickle.
+pub const DEFAULT_MIN_RATE: u64 = 1 << 10;
 /// Free space kept on the store's file system for logs and the node's other
 /// work: 512 MiB.
 pub const DEFAULT_RESERVE_FREE: u64 = 512 << 20;
@@ -102,6 +105,9 @@ pub struct FetchConfig {
     pub attempts: u32,
     /// No bytes for this long counts as a failure (and is retried).
     pub stall_timeout: Seconds,
+    /// Fewer bytes a second than this, over a `stall_timeout` window, is a
+    /// stall too: a source trickling a byte now and then can't hold a slot.
+    pub min_rate: ByteSize,
     /// Free space to keep on the store's file system.
     pub reserve_free: ByteSize,
 }
@@ -167,6 +173,7 @@ impl Default for FetchConfig {
             max_per_host: DEFAULT_MAX_PER_HOST,
             attempts: DEFAULT_ATTEMPTS,
             stall_timeout: Seconds(DEFAULT_STALL_TIMEOUT),
+            min_rate: ByteSize(DEFAULT_MIN_RATE),
             reserve_free: ByteSize(DEFAULT_RESERVE_FREE),
         }
     }

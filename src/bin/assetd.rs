@@ -49,6 +49,10 @@ struct Args {
     /// No bytes for this long is a failure, retried (500ms, 30s, 2m) [default: 30s]
     #[arg(long)]
     stall_timeout: Option<Seconds>,
+    /// Slowest rate accepted, bytes a second over a --stall-timeout window
+    /// (slower is a stall, retried); 0 for none [default: 1KiB]
+    #[arg(long)]
+    min_rate: Option<ByteSize>,
     /// Most bytes of cached assets; least recently used unleased ones are
     /// evicted past it (0: no cap) [default: 0]
     #[arg(long)]
@@ -94,6 +98,7 @@ impl Args {
         set(&mut fetch.max_per_host, self.max_per_host);
         set(&mut fetch.attempts, self.attempts);
         set(&mut fetch.stall_timeout, self.stall_timeout);
+        set(&mut fetch.min_rate, self.min_rate);
         set(&mut fetch.reserve_free, self.reserve_free);
         let cache = &mut config.cache;
         set(&mut cache.max_cache_bytes, self.max_cache_bytes);

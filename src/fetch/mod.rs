@@ -109,6 +109,20 @@ pub enum FetchError {
         /// The stall timeout.
         secs: f64,
     },
+    /// Bytes arrived, but slower than the minimum rate.
+    #[error(
+        "{url}: {bytes} bytes in {secs:.1} s, below the minimum rate of {min_rate} bytes/s (stalled)"
+    )]
+    TooSlow {
+        /// The URL, redacted.
+        url: String,
+        /// Bytes received in the window.
+        bytes: u64,
+        /// The window's length.
+        secs: f64,
+        /// The minimum rate, bytes a second.
+        min_rate: u64,
+    },
     /// The asset is larger than the whole cache may be.
     #[error("{size} bytes can never fit in the cache (--max-cache-bytes {max})")]
     NeverFits {

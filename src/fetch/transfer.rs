@@ -5,7 +5,9 @@
 //! bytes for the stall timeout), HTTP 408, 429 (after its `Retry-After`) and
 //! 5xx. The count of tries starts over whenever an attempt made progress, so a
 //! long transfer over a flaky link is not cut short, and cannot loop for
-//! ever either: every attempt that made progress brought the end closer.
+//! ever either: an attempt counts as progress only when it brought at least
+//! [`PROGRESS_RESETS_TRIES`] bytes, and a trickle below the minimum rate is a
+//! stall.
 //! Moving to the next mirror: any other source failure, or bytes that don't
 //! verify. Ending the transfer: local failures (disk full, I/O).
 
@@ -31,6 +33,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const PROGRESS_EVERY: u64 = 1 << 20;
 /// Bytes between free-space checks while the size is unknown.
 const SPACE_CHECK_EVERY: u64 = 4 << 20;
+/// Bytes an attempt must bring for its failure not to count against the
+/// URL's tries: a source that sends a little and breaks, again and again,
+/// runs out of tries; one that breaks after real progress is resumed.
+const PROGRESS_RESETS_TRIES: u64 = 1 << 20;
 /// Times a transfer goes around its URLs again for callers who joined after
 /// a failure that depended on the terms: bounded, so callers arriving one
 /// after another cannot keep a transfer going for ever.
@@ -202,7 +208,7 @@ async fn from_url(
         let Err(e) = attempt.run(source.as_ref(), state).await else {
             break;
         };
-        if attempt.received() > before {
+        if attempt.received() >= before.saturating_add(PROGRESS_RESETS_TRIES) {
             failures = 0;
         }
         failures += 1;
@@ -318,6 +324,31 @@ impl Attempt<'_> {
         Ok(())
     }
 
+    /// Fails when fewer than `min_rate` bytes a second arrived over the last
+    /// stall-timeout window; `window` is (its start, bytes received then).
+    fn check_rate(&self, window: &mut (Instant, u64), received: u64) -> Result<(), FetchError> {
+        let (stall, min_rate) = (
+            self.inner.fetch.stall_timeout.0,
+            self.inner.fetch.min_rate.0,
+        );
+        let elapsed = window.0.elapsed();
+        if elapsed < stall {
+            return Ok(());
+        }
+        let bytes = received.saturating_sub(window.1);
+        let wanted = (min_rate as f64 * elapsed.as_secs_f64()) as u64;
+        if bytes < wanted {
+            return Err(FetchError::TooSlow {
+                url: crate::source::bounded(self.url.redacted()).into_owned(),
+                bytes,
+                secs: elapsed.as_secs_f64(),
+                min_rate,
+            });
+        }
+        *window = (Instant::now(), received);
+        Ok(())
+    }
+
     fn stalled(&self) -> FetchError {
         FetchError::Stalled {
             url: crate::source::bounded(self.url.redacted()).into_owned(),
@@ -345,6 +376,7 @@ async fn stream(
     let stall = attempt.inner.fetch.stall_timeout.0;
     let mut published = ingest.received();
     let mut space_checked = ingest.received();
+    let mut window = (Instant::now(), ingest.received());
     loop {
         let next = timeout(stall, body.next())
             .await
@@ -352,6 +384,7 @@ async fn stream(
         let Some(chunk) = next else {
             break;
         };
+        attempt.check_rate(&mut window, ingest.received())?;
         let (size, limit) = attempt.terms();
         ingest.set_terms(size, limit);
         ingest
@@ -435,7 +468,7 @@ fn is_terms_error(err: &FetchError) -> bool {
 fn is_retryable(err: &FetchError) -> bool {
     match err {
         FetchError::Source(e) => e.is_retryable(),
-        FetchError::Stalled { .. } => true,
+        FetchError::Stalled { .. } | FetchError::TooSlow { .. } => true,
         _ => false,
     }
 }

@@ -45,7 +45,9 @@ fn code(err: &FetchError) -> Code {
         | FetchError::NeverFits { .. }
         | FetchError::Evicted { .. } => Code::ResourceExhausted,
         FetchError::DeclaredSizeMismatch { .. } | FetchError::SizeMismatch { .. } => Code::DataLoss,
-        FetchError::Stalled { .. } | FetchError::ShuttingDown => Code::Unavailable,
+        FetchError::Stalled { .. } | FetchError::TooSlow { .. } | FetchError::ShuttingDown => {
+            Code::Unavailable
+        }
         FetchError::InProgress { .. } => Code::FailedPrecondition,
         FetchError::Panicked { .. } | FetchError::Lost { .. } => Code::Internal,
         FetchError::Transfer(inner) => code(inner),

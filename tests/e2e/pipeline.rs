@@ -439,3 +439,37 @@ async fn a_callers_deadline_bounds_the_transfer() {
     }
     daemon.assert_empty();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_is_a_stall_and_runs_out_of_tries() {
+    let http = HttpServer::start().await;
+    let body = random_bytes(64 << 10, 77);
+    // 16 bytes every 100 ms: never silent for a stall timeout, but 160
+    // bytes a second, far below the minimum rate.
+    let url = http.route("/trickle", Reply::slow(&body, 16, 100));
+    let daemon = TestDaemon::start_with(&[
+        "--stall-timeout",
+        "500ms",
+        "--min-rate",
+        "1KiB",
+        "--attempts",
+        "2",
+    ]);
+    let started = std::time::Instant::now();
+    let result = daemon
+        .client()
+        .await
+        .fetch(request(&url, &digest_of(&body)))
+        .await;
+    assert_status(
+        result,
+        Code::Unavailable,
+        &["/trickle", "below the minimum rate of 1024 bytes/s"],
+    );
+    // Each try brought a few bytes: not enough to count as progress, so
+    // the tries ran out instead of starting over for ever.
+    assert_eq!(http.requests(), 2);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    daemon.wait_ingest_empty(Duration::from_secs(2)).await;
+    daemon.assert_empty();
+}
