@@ -23,6 +23,9 @@ pub const DEFAULT_MAX_TRANSFERS: usize = 8;
 /// Transfers at once against one host, so one slow server cannot take
 /// every slot.
 pub const DEFAULT_MAX_PER_HOST: usize = 4;
+/// Transfers at once that one user started: half the overall slots, so
+/// others always find some.
+pub const DEFAULT_MAX_PER_UID: usize = 4;
 /// Tries per URL (the count starts over whenever a try made progress).
 pub const DEFAULT_ATTEMPTS: u32 = 5;
 /// No bytes for this long is a failure: long enough for a slow CDN's first
@@ -101,6 +104,9 @@ pub struct FetchConfig {
     pub max_transfers: usize,
     /// Transfers running at once against one host (or bucket).
     pub max_per_host: usize,
+    /// Transfers running at once that one user started (admins exempt), so
+    /// one user can't take every slot.
+    pub max_per_uid: usize,
     /// Tries per URL before moving to the next mirror.
     pub attempts: u32,
     /// No bytes for this long counts as a failure (and is retried).
@@ -171,6 +177,7 @@ impl Default for FetchConfig {
             max_size: ByteSize(DEFAULT_MAX_SIZE),
             max_transfers: DEFAULT_MAX_TRANSFERS,
             max_per_host: DEFAULT_MAX_PER_HOST,
+            max_per_uid: DEFAULT_MAX_PER_UID,
             attempts: DEFAULT_ATTEMPTS,
             stall_timeout: Seconds(DEFAULT_STALL_TIMEOUT),
             min_rate: ByteSize(DEFAULT_MIN_RATE),
@@ -434,6 +441,7 @@ impl Config {
         for (what, n) in [
             ("fetch.max_transfers", self.fetch.max_transfers),
             ("fetch.max_per_host", self.fetch.max_per_host),
+            ("fetch.max_per_uid", self.fetch.max_per_uid),
             ("fetch.attempts", self.fetch.attempts as usize),
         ] {
             if n == 0 {

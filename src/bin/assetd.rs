@@ -43,6 +43,10 @@ struct Args {
     /// Transfers running at once against one host [default: 4]
     #[arg(long)]
     max_per_host: Option<usize>,
+    /// Transfers running at once that one user started (root and the
+    /// daemon's user exempt) [default: 4]
+    #[arg(long)]
+    max_per_uid: Option<usize>,
     /// Tries per URL before the next mirror (starts over after progress) [default: 5]
     #[arg(long)]
     attempts: Option<u32>,
@@ -96,6 +100,7 @@ impl Args {
         set(&mut fetch.max_size, self.max_size);
         set(&mut fetch.max_transfers, self.max_transfers);
         set(&mut fetch.max_per_host, self.max_per_host);
+        set(&mut fetch.max_per_uid, self.max_per_uid);
         set(&mut fetch.attempts, self.attempts);
         set(&mut fetch.stall_timeout, self.stall_timeout);
         set(&mut fetch.min_rate, self.min_rate);

@@ -1,5 +1,7 @@
-//! Caps on transfers running at once, overall and per host. Waiters are
-//! served in arrival order (tokio's semaphore is fair).
+//! Caps on transfers running at once: per user (the uid that started the
+//! transfer; admins are exempt), per host and overall. Waiters are served in
+//! arrival order (tokio's semaphore is fair). Semaphores of idle users and
+//! hosts are dropped, so the maps don't grow with every uid or host seen.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,46 +14,63 @@ pub(super) struct Limits {
     all: Arc<Semaphore>,
     per_host: usize,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    per_uid: usize,
+    uids: Mutex<HashMap<u32, Arc<Semaphore>>>,
 }
 
 /// A transfer's slots; released on drop.
 pub(super) struct Permits {
+    _uid: Option<OwnedSemaphorePermit>,
     _host: Option<OwnedSemaphorePermit>,
     _all: Option<OwnedSemaphorePermit>,
 }
 
 impl Limits {
-    pub(super) fn new(max_transfers: usize, max_per_host: usize) -> Limits {
+    pub(super) fn new(max_transfers: usize, max_per_host: usize, max_per_uid: usize) -> Limits {
         Limits {
             all: Arc::new(Semaphore::new(max_transfers.max(1))),
             per_host: max_per_host.max(1),
             hosts: Mutex::new(HashMap::new()),
+            per_uid: max_per_uid.max(1),
+            uids: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Waits for a slot for `url`'s host, then for an overall slot. The
-    /// host's comes first so that a transfer waiting on a busy host holds no
-    /// overall slot that others could use.
-    pub(super) async fn acquire(&self, url: &Url) -> Permits {
+    /// Waits for a slot of `uid` (the user who started the transfer; `None`
+    /// for an admin, who is exempt), then of `url`'s host, then an overall
+    /// one. The narrower ones come first so that a transfer waiting on a busy
+    /// user or host holds no slot that others could use.
+    pub(super) async fn acquire(&self, url: &Url, uid: Option<u32>) -> Permits {
+        let uid = uid.map(|uid| slot(&self.uids, uid, self.per_uid));
         let key = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
-        let host = {
-            let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
-            // A host's semaphore held by the map alone is idle: drop it, so
-            // the map does not grow with every host ever seen.
-            hosts.retain(|_, s| Arc::strong_count(s) > 1);
-            hosts
-                .entry(key)
-                .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
-                .clone()
-        };
+        let host = slot(&self.hosts, key, self.per_host);
         // The semaphores are never closed, so acquiring cannot fail.
+        let uid = match uid {
+            Some(s) => s.acquire_owned().await.ok(),
+            None => None,
+        };
         let host = host.acquire_owned().await.ok();
         let all = self.all.clone().acquire_owned().await.ok();
         Permits {
+            _uid: uid,
             _host: host,
             _all: all,
         }
     }
+}
+
+/// `key`'s semaphore of `permits`, made on first use. One held by the map
+/// alone is idle and dropped first.
+fn slot<K: std::hash::Hash + Eq>(
+    map: &Mutex<HashMap<K, Arc<Semaphore>>>,
+    key: K,
+    permits: usize,
+) -> Arc<Semaphore> {
+    let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
+    map.retain(|_, s| Arc::strong_count(s) > 1);
+    map.entry(key)
+        .or_insert_with(|| Arc::new(Semaphore::new(permits)))
+        .clone()
 }
 
 #[cfg(test)]
@@ -64,30 +83,64 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_busy_host_waits_without_taking_an_overall_slot() {
-        let limits = Arc::new(Limits::new(2, 1));
-        let _a = limits.acquire(&url("http://a/1")).await;
+        let limits = Arc::new(Limits::new(2, 1, 8));
+        let _a = limits.acquire(&url("http://a/1"), None).await;
         let waiting = {
             let limits = limits.clone();
-            tokio::spawn(async move { limits.acquire(&url("http://a/2")).await })
+            tokio::spawn(async move { limits.acquire(&url("http://a/2"), None).await })
         };
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         assert!(!waiting.is_finished(), "host a is at its cap");
         // Host b still gets the second overall slot.
         let b = tokio::time::timeout(
             std::time::Duration::from_secs(1),
-            limits.acquire(&url("http://b/1")),
+            limits.acquire(&url("http://b/1"), None),
         )
         .await;
         assert!(b.is_ok());
         waiting.abort();
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn one_user_cannot_take_every_slot_and_admins_are_exempt() {
+        let limits = Arc::new(Limits::new(3, 8, 2));
+        let _a = limits.acquire(&url("http://a/1"), Some(1000)).await;
+        let _b = limits.acquire(&url("http://b/1"), Some(1000)).await;
+        let third = {
+            let limits = limits.clone();
+            tokio::spawn(async move { limits.acquire(&url("http://c/1"), Some(1000)).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert!(!third.is_finished(), "uid 1000 is at its cap");
+        let other = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            limits.acquire(&url("http://c/2"), Some(2000)),
+        )
+        .await;
+        assert!(other.is_ok(), "another user gets the last overall slot");
+        drop(other);
+        let admin = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            limits.acquire(&url("http://d/1"), None),
+        )
+        .await;
+        assert!(admin.is_ok(), "an admin is not held by any user's cap");
+        third.abort();
+    }
+
     #[tokio::test]
     async fn idle_hosts_are_forgotten() {
-        let limits = Limits::new(4, 1);
+        let limits = Limits::new(4, 1, 1);
         for i in 0..50 {
-            drop(limits.acquire(&url(&format!("http://host{i}/x"))).await);
+            drop(
+                limits
+                    .acquire(&url(&format!("http://host{i}/x")), Some(i))
+                    .await,
+            );
         }
+        let uids = limits.uids.lock().unwrap_or_else(PoisonError::into_inner);
+        assert!(uids.len() <= 1, "{} uids kept", uids.len());
+        drop(uids);
         let hosts = limits.hosts.lock().unwrap_or_else(PoisonError::into_inner);
         assert!(hosts.len() <= 1, "{} hosts kept", hosts.len());
     }

@@ -186,6 +186,9 @@ pub struct Caller {
     pub gid: u32,
     /// The caller's process id, for logs.
     pub pid: Option<i32>,
+    /// The caller's role, decided at the edge: an admin may change the
+    /// cache and is exempt from per-user caps.
+    pub admin: bool,
 }
 
 /// What a caller wants on this node, parsed at the edge.
@@ -311,7 +314,7 @@ impl Fetcher {
         cache: CacheConfig,
         lifetime: Lifetime,
     ) -> Fetcher {
-        let limits = Limits::new(fetch.max_transfers, fetch.max_per_host);
+        let limits = Limits::new(fetch.max_transfers, fetch.max_per_host, fetch.max_per_uid);
         let inner = Inner {
             store: Arc::new(store),
             sources,
@@ -396,7 +399,7 @@ impl Fetcher {
             terms,
             &want.urls,
             || inner.store.lookup(&want.digest, want.url()),
-            |launch| transfer::spawn(self.inner.clone(), launch),
+            |launch| transfer::spawn(self.inner.clone(), launch, want.caller),
         )
     }
 

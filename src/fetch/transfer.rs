@@ -20,7 +20,7 @@ use tokio::time::timeout;
 use tokio_stream::StreamExt as _;
 
 use super::flight::{Launch, State, Terms, lock};
-use super::{FetchError, Inner};
+use super::{Caller, FetchError, Inner};
 use crate::source::{Resume, Source, SourceUrl};
 use crate::store::{Blob, Ingest, StoreError};
 
@@ -44,7 +44,7 @@ const MAX_ROUNDS: u32 = 3;
 
 /// Starts the transfer `launch` describes as a tracked task; it stops early
 /// when the daemon shuts down. Returns the handle that cancels it.
-pub(super) fn spawn(inner: Arc<Inner>, launch: Launch) -> AbortHandle {
+pub(super) fn spawn(inner: Arc<Inner>, launch: Launch, starter: Caller) -> AbortHandle {
     let tracker = inner.lifetime.tracker.clone();
     let task = tracker.spawn(async move {
         let Launch {
@@ -56,7 +56,7 @@ pub(super) fn spawn(inner: Arc<Inner>, launch: Launch) -> AbortHandle {
         let started = Instant::now();
         let token = inner.lifetime.token.clone();
         let outcome = tokio::select! {
-            outcome = run(&inner, digest, &terms, &state) => outcome,
+            outcome = run(&inner, digest, &terms, &state, starter) => outcome,
             () = token.cancelled() => Err(Arc::new(FetchError::ShuttingDown)),
         };
         match &outcome {
@@ -121,6 +121,7 @@ async fn run(
     digest: crate::digest::Digest,
     terms: &Mutex<Terms>,
     state: &watch::Sender<State>,
+    starter: Caller,
 ) -> Result<(Blob, SourceUrl), Arc<FetchError>> {
     let (size, limit) = {
         let terms = lock(terms);
@@ -165,7 +166,7 @@ async fn run(
         }
         i += 1;
         let generation = lock(terms).generation();
-        match from_url(inner, digest, &url, terms, state).await {
+        match from_url(inner, digest, &url, terms, state, starter).await {
             Ok(blob) => return Ok((blob, url)),
             Err(e) if is_local(&e) => return Err(Arc::new(e)),
             Err(e) => {
@@ -186,10 +187,13 @@ async fn from_url(
     url: &SourceUrl,
     terms: &Mutex<Terms>,
     state: &watch::Sender<State>,
+    starter: Caller,
 ) -> Result<Blob, FetchError> {
     let source = inner.sources.resolve(url).map_err(FetchError::Source)?;
     state.send_modify(|s| s.progress.source = String::new());
-    let _permits = inner.limits.acquire(url.url()).await;
+    // The user who started the transfer is charged for its slot.
+    let uid = (!starter.admin).then_some(starter.uid);
+    let _permits = inner.limits.acquire(url.url(), uid).await;
     state.send_modify(|s| {
         s.progress.source = crate::source::bounded(url.redacted()).into_owned();
         s.progress.started.get_or_insert_with(Instant::now);

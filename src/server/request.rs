@@ -61,10 +61,12 @@ pub(super) fn caller<T>(request: &Request<T>) -> Result<Caller, RequestError> {
         .ok_or_else(|| {
             RequestError::Denied("the caller's credentials are unknown (not a unix socket)".into())
         })?;
+    let me = nix::unistd::geteuid().as_raw();
     Ok(Caller {
         uid: cred.uid(),
         gid: cred.gid(),
         pid: cred.pid(),
+        admin: cred.uid() == 0 || cred.uid() == me,
     })
 }
 
@@ -76,10 +78,10 @@ pub(super) fn span(call: &'static str, caller: &Caller) -> tracing::Span {
 /// Changing the cache is for admins: root, or the daemon's own user. Every
 /// user with access to the socket may fetch and look.
 pub(super) fn require_admin(caller: &Caller) -> Result<(), RequestError> {
-    let me = nix::unistd::geteuid().as_raw();
-    if caller.uid == 0 || caller.uid == me {
+    if caller.admin {
         return Ok(());
     }
+    let me = nix::unistd::geteuid().as_raw();
     Err(RequestError::Denied(format!(
         "only uid 0 or the daemon's uid {me} may change or verify the cache; the caller is uid {}",
         caller.uid
@@ -254,6 +256,7 @@ mod tests {
         uid: 0,
         gid: 0,
         pid: None,
+        admin: true,
     };
     const HEX: &str = "5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
 
@@ -371,6 +374,7 @@ mod tests {
             uid: if me == 4242 { 4343 } else { 4242 },
             gid: 100,
             pid: Some(1),
+            admin: false,
         };
         let err = require_admin(&other).unwrap_err();
         assert!(err.to_string().contains(&other.uid.to_string()), "{err}");

@@ -6,6 +6,7 @@ mod admin;
 mod cli;
 mod common;
 mod disk;
+mod fair;
 mod fetch;
 mod gcs;
 mod grpcurl;

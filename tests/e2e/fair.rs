@@ -1,0 +1,97 @@
+//! Fair shares between users, with callers run as another uid.
+
+use std::fs::Permissions;
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::common::http::{HttpServer, Reply};
+use crate::common::{TestDaemon, digest_of, fetch_req, random_bytes, wait_until};
+
+/// `assetctl fetch` as uid/gid 65534 (nobody), in the background.
+fn fetch_as_nobody(daemon: &TestDaemon, url: &str, digest: &str) -> Child {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_assetctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["fetch", "--quiet", url, "--digest", digest])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("setpriv assetctl")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_take_every_transfer_slot() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root (runs callers as another uid)");
+        return;
+    }
+    let http = HttpServer::start().await;
+    let daemon = TestDaemon::start_with(&[
+        "--max-transfers",
+        "3",
+        "--max-per-uid",
+        "2",
+        "--stall-timeout",
+        "60s",
+    ]);
+    // Let uid 65534 reach the socket.
+    let run_dir = daemon.socket.parent().unwrap();
+    std::fs::set_permissions(run_dir.parent().unwrap(), Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&daemon.socket, Permissions::from_mode(0o666)).unwrap();
+
+    // Three transfers by one user whose source never sends a byte.
+    let mut hung = Vec::new();
+    for i in 0..3 {
+        let body = random_bytes(4096, 600 + i);
+        let url = http.route(
+            &format!("/hang/{i}"),
+            Reply::Stall {
+                body: body.clone(),
+                after: 0,
+            },
+        );
+        hung.push(fetch_as_nobody(&daemon, &url, &digest_of(&body)));
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "two of nobody's transfers start",
+        || {
+            (0..3)
+                .filter(|i| http.requests_to(&format!("/hang/{i}")) > 0)
+                .count()
+                == 2
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        (0..3)
+            .filter(|i| http.requests_to(&format!("/hang/{i}")) > 0)
+            .count(),
+        2,
+        "the third waits for one of its user's slots, not an overall one"
+    );
+
+    // Another caller still finds a slot at once.
+    let body = random_bytes(64 << 10, 610);
+    let url = http.route("/good", Reply::Body(body.clone()));
+    let mut client = daemon.client().await;
+    let fetched = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.fetch(fetch_req(&url, &digest_of(&body), "")),
+    )
+    .await
+    .expect("a slot is free for others")
+    .unwrap()
+    .into_inner();
+    assert_eq!(std::fs::read(&fetched.path).unwrap(), body);
+
+    for mut child in hung {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    daemon.wait_ingest_empty(Duration::from_secs(5)).await;
+}
