@@ -26,6 +26,10 @@ pub const DEFAULT_MAX_PER_HOST: usize = 4;
 /// Transfers at once that one user started: half the overall slots, so
 /// others always find some.
 pub const DEFAULT_MAX_PER_UID: usize = 4;
+/// Open connections one user may have: far more than a runtime needs (one
+/// channel multiplexes every call), few enough that one user can't take the
+/// daemon's file descriptors.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 64;
 /// Tries per URL (the count starts over whenever a try made progress).
 pub const DEFAULT_ATTEMPTS: u32 = 5;
 /// No bytes for this long is a failure: long enough for a slow CDN's first
@@ -69,6 +73,9 @@ pub struct Config {
 pub struct ServerConfig {
     /// The unix socket the API is served on.
     pub socket: PathBuf,
+    /// Open connections one user may have (root and the daemon's user
+    /// exempt); more are closed at once.
+    pub max_connections_per_uid: usize,
 }
 
 /// The on-disk store.
@@ -135,7 +142,10 @@ impl Default for Config {
     fn default() -> Config {
         let (root, socket) = default_paths();
         Config {
-            server: ServerConfig { socket },
+            server: ServerConfig {
+                socket,
+                ..ServerConfig::default()
+            },
             store: StoreConfig { root },
             cache: CacheConfig::default(),
             fetch: FetchConfig::default(),
@@ -148,6 +158,7 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             socket: default_paths().1,
+            max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
         }
     }
 }
@@ -442,6 +453,10 @@ impl Config {
             ("fetch.max_transfers", self.fetch.max_transfers),
             ("fetch.max_per_host", self.fetch.max_per_host),
             ("fetch.max_per_uid", self.fetch.max_per_uid),
+            (
+                "server.max_connections_per_uid",
+                self.server.max_connections_per_uid,
+            ),
             ("fetch.attempts", self.fetch.attempts as usize),
         ] {
             if n == 0 {

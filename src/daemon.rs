@@ -57,7 +57,7 @@ pub async fn run(
     let fetcher = fetcher(store, &config, lifetime.clone())?;
     let upkeep = fetcher.clone();
     lifetime.tracker.spawn(async move { upkeep.upkeep().await });
-    let served = server::serve(fetcher.clone(), listener, shutdown).await;
+    let served = server::serve(fetcher.clone(), listener, &config.server, shutdown).await;
     lifetime.token.cancel();
     lifetime.tracker.close();
     if tokio::time::timeout(TASK_GRACE, lifetime.tracker.wait())

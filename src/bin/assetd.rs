@@ -47,6 +47,10 @@ struct Args {
     /// daemon's user exempt) [default: 4]
     #[arg(long)]
     max_per_uid: Option<usize>,
+    /// Open connections one user may have (root and the daemon's user
+    /// exempt); more are closed at once [default: 64]
+    #[arg(long)]
+    max_connections_per_uid: Option<usize>,
     /// Tries per URL before the next mirror (starts over after progress) [default: 5]
     #[arg(long)]
     attempts: Option<u32>,
@@ -88,6 +92,10 @@ impl Args {
         }
         set(&mut config.store.root, self.root);
         set(&mut config.server.socket, self.socket);
+        set(
+            &mut config.server.max_connections_per_uid,
+            self.max_connections_per_uid,
+        );
         if !self.file_roots.is_empty() {
             config.sources.file_roots = self.file_roots;
         }

@@ -58,6 +58,8 @@ pub struct FixAuthority {
     state: State,
     /// Parsed bytes not yet handed to the reader.
     parsed: BytesMut,
+    /// The connection's place in its user's count, released on drop.
+    _slot: Option<super::accept::Slot>,
 }
 
 impl FixAuthority {
@@ -67,7 +69,14 @@ impl FixAuthority {
             inner,
             state: State::Preface(0),
             parsed: BytesMut::new(),
+            _slot: None,
         }
+    }
+
+    /// The same, holding `slot` for as long as the connection is open.
+    pub(super) fn with_slot(mut self, slot: Option<super::accept::Slot>) -> Self {
+        self._slot = slot;
+        self
     }
 }
 

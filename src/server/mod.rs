@@ -7,6 +7,7 @@
 //! - [`convert`]: typed results into proto messages;
 //! - `assets` (the handlers) and `progress` (the server streams).
 
+mod accept;
 mod assets;
 mod authority;
 mod convert;
@@ -21,9 +22,9 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
+use crate::config::ServerConfig;
 use crate::fetch::Fetcher;
 use crate::proto::assets_server::AssetsServer;
 pub use assets::AssetsService;
@@ -78,6 +79,7 @@ pub enum ServerError {
 pub async fn serve(
     fetcher: Fetcher,
     mut listener: Listener,
+    config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let Some(unix) = listener.take() else {
@@ -110,9 +112,7 @@ pub async fn serve(
     };
     // Every connection goes through FixAuthority so that grpcurl 1.8.6 works
     // with an absolute socket path.
-    let incoming = tokio_stream::StreamExt::map(UnixListenerStream::new(unix), |accepted| {
-        accepted.map(authority::FixAuthority::new)
-    });
+    let incoming = accept::incoming(unix, config.max_connections_per_uid);
     let serving = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -95,3 +95,84 @@ async fn one_user_cannot_take_every_transfer_slot() {
     }
     daemon.wait_ingest_empty(Duration::from_secs(5)).await;
 }
+
+/// Opens `n` connections to `socket` as uid 65534 and holds them all; prints
+/// how many the daemon admitted (it speaks first, with its HTTP/2 settings)
+/// and how many it closed at once.
+fn connections_as_nobody(socket: &std::path::Path, n: usize) -> (usize, usize) {
+    let script = r#"
+import socket, sys
+path, n = sys.argv[1], int(sys.argv[2])
+conns = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    conns.append(s)
+admitted = closed = 0
+for s in conns:
+    s.settimeout(5)
+    try:
+        data = s.recv(64)
+    except (ConnectionResetError, socket.timeout):
+        data = b""
+    if data:
+        admitted += 1
+    else:
+        closed += 1
+print(admitted, closed)
+"#;
+    // A python3 that uid 65534 may run (a pyenv shim under /root is not).
+    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("python3");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            python,
+            "-c",
+        ])
+        .arg(script)
+        .arg(socket)
+        .arg(n.to_string())
+        .output()
+        .expect("setpriv python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let counts: Vec<usize> = text
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert_eq!(
+        counts.len(),
+        2,
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (counts[0], counts[1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_hold_every_connection() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root (runs callers as another uid)");
+        return;
+    }
+    let daemon = TestDaemon::start_with(&["--max-connections-per-uid", "3"]);
+    let run_dir = daemon.socket.parent().unwrap();
+    std::fs::set_permissions(run_dir.parent().unwrap(), Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&daemon.socket, Permissions::from_mode(0o666)).unwrap();
+
+    assert_eq!(connections_as_nobody(&daemon.socket, 5), (3, 2));
+    // Its connections closed, the user is admitted again.
+    assert_eq!(connections_as_nobody(&daemon.socket, 3), (3, 0));
+    // Root is exempt, and still served.
+    let mut client = daemon.client().await;
+    let listed = client
+        .list(assetd::proto::ListRequest::default())
+        .await
+        .unwrap();
+    assert!(listed.into_inner().assets.is_empty());
+    assert!(daemon.log().contains("connection refused"));
+}
