@@ -7,7 +7,7 @@ use tracing::Instrument as _;
 
 use super::convert::{asset, bare_asset, fetch_response};
 use super::request::{self, caller, require_admin, span};
-use super::{progress, status};
+use super::{fetch_status, progress, status};
 use crate::fetch::Fetcher;
 use crate::proto;
 use crate::store::ListQuery;
@@ -43,7 +43,11 @@ impl proto::assets_server::Assets for AssetsService {
         // carry the caller themselves.
         let caller = caller(&request)?;
         let want = request::want(request.into_inner(), caller, &self.urls)?;
-        let fetched = self.fetcher.fetch(want).await.map_err(|e| status(&e))?;
+        let fetched = self
+            .fetcher
+            .fetch(want)
+            .await
+            .map_err(|e| fetch_status(&e, &caller))?;
         Ok(Response::new(fetch_response(fetched)))
     }
 
@@ -61,8 +65,8 @@ impl proto::assets_server::Assets for AssetsService {
             .start(want)
             .instrument(span.clone())
             .await
-            .map_err(|e| status(&e))?;
-        Ok(Response::new(progress::events(started, span)))
+            .map_err(|e| fetch_status(&e, &caller))?;
+        Ok(Response::new(progress::events(started, span, caller)))
     }
 
     async fn stat(
@@ -219,6 +223,8 @@ impl proto::assets_server::Assets for AssetsService {
         span("Prewarm", &caller)
             .in_scope(|| tracing::info!(assets = wants.len(), concurrency, "prewarm"));
         let events = self.fetcher.prewarm(wants, concurrency);
-        Ok(Response::new(progress::prewarm_events(events, digests)))
+        Ok(Response::new(progress::prewarm_events(
+            events, digests, caller,
+        )))
     }
 }

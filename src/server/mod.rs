@@ -29,7 +29,7 @@ use crate::fetch::Fetcher;
 use crate::proto::assets_server::AssetsServer;
 pub use assets::AssetsService;
 pub use socket::Listener;
-pub use status::{RequestError, status};
+pub use status::{RequestError, fetch_status, status};
 
 /// The encoded descriptors of `assetd.v1`, served by reflection.
 const DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("assetd_descriptor");

@@ -13,8 +13,8 @@ use tonic::Status;
 use tracing::Instrument as _;
 
 use super::convert::{fetch_response, progress};
-use super::status;
-use crate::fetch::{PrewarmEvent, PrewarmKind, Started, Waiting};
+use super::fetch_status;
+use crate::fetch::{Caller, PrewarmEvent, PrewarmKind, Started, Waiting};
 use crate::proto::{self, fetch_event::Event, prewarm_event};
 
 /// Time between progress events: smooth for a bar, cheap for the daemon.
@@ -24,7 +24,7 @@ const EVERY: Duration = Duration::from_millis(250);
 pub type EventStream<T = proto::FetchEvent> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The events of a fetch that has `started`.
-pub(super) fn events(started: Started, span: tracing::Span) -> EventStream {
+pub(super) fn events(started: Started, span: tracing::Span, caller: Caller) -> EventStream {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(
         async move {
@@ -38,7 +38,7 @@ pub(super) fn events(started: Started, span: tracing::Span) -> EventStream {
             };
             let event = result
                 .map(|f| event(Event::Done(fetch_response(f))))
-                .map_err(|e| status(&e));
+                .map_err(|e| fetch_status(&e, &caller));
             let _ = tx.send(event).await;
         }
         .instrument(span),
@@ -80,6 +80,7 @@ pub type PrewarmStream = EventStream<proto::PrewarmEvent>;
 pub(super) fn prewarm_events(
     mut events: mpsc::Receiver<PrewarmEvent>,
     digests: Vec<String>,
+    caller: Caller,
 ) -> PrewarmStream {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
@@ -90,7 +91,7 @@ pub(super) fn prewarm_events(
                 PrewarmKind::Progress(p) => prewarm_event::Event::Progress(progress(&p)),
                 PrewarmKind::Done(fetched) => prewarm_event::Event::Done(fetch_response(fetched)),
                 PrewarmKind::Failed(error) => {
-                    let status = status(&error);
+                    let status = fetch_status(&error, &caller);
                     prewarm_event::Event::Failed(proto::Failure {
                         code: format!("{:?}", status.code()),
                         message: status.message().to_owned(),

@@ -5,7 +5,7 @@
 
 use tonic::{Code, Status};
 
-use crate::fetch::FetchError;
+use crate::fetch::{Caller, FetchError};
 use crate::source::SourceError;
 use crate::store::StoreError;
 
@@ -33,6 +33,40 @@ impl From<RequestError> for Status {
 /// The status a caller sees for `err`.
 pub fn status(err: &FetchError) -> Status {
     Status::new(code(err.root()), err.to_string())
+}
+
+/// The status `caller` sees for a fetch's `err`. A caller that is not an
+/// admin learns that the bytes did not match and what it expected, never the
+/// actual digest, size or checksum: those would describe a source it may
+/// not be able to read (the log keeps them, for admins).
+pub fn fetch_status(err: &FetchError, caller: &Caller) -> Status {
+    let root = err.root();
+    match public_message(root) {
+        Some(message) if !caller.admin => Status::new(code(root), message),
+        _ => status(err),
+    }
+}
+
+fn public_message(err: &FetchError) -> Option<String> {
+    let unmatched = "the bytes fetched do not match it";
+    Some(match err {
+        FetchError::Store(StoreError::DigestMismatch { expected, .. }) => {
+            format!("digest mismatch: expected {expected}; {unmatched}")
+        }
+        FetchError::Store(StoreError::SizeMismatch { expected, .. }) => {
+            format!("size mismatch: expected {expected} bytes; {unmatched}")
+        }
+        FetchError::DeclaredSizeMismatch { url, expected, .. } => {
+            format!("size mismatch: expected {expected} bytes; {url} declares another size")
+        }
+        FetchError::DeclaredTooLarge { url, limit, .. } => {
+            format!("{url} declares more than the size limit of {limit} bytes")
+        }
+        FetchError::Source(SourceError::ChecksumMismatch { url, algorithm, .. }) => {
+            format!("{url}: {algorithm} mismatch: {unmatched}")
+        }
+        _ => return None,
+    })
 }
 
 fn code(err: &FetchError) -> Code {
@@ -160,6 +194,39 @@ mod tests {
         let status = status(&shared);
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.message().contains("stalled"), "{}", status.message());
+    }
+
+    #[test]
+    fn only_admins_learn_what_the_bytes_were() {
+        let actual = Digest::from_bytes([8; 32]);
+        let err = FetchError::Transfer(Arc::new(FetchError::Store(StoreError::DigestMismatch {
+            expected: d(),
+            actual,
+        })));
+        let mut caller = Caller {
+            uid: 1000,
+            gid: 1000,
+            pid: None,
+            admin: false,
+        };
+        let seen = fetch_status(&err, &caller);
+        assert_eq!(seen.code(), Code::DataLoss);
+        assert!(
+            seen.message().contains(&d().to_string()),
+            "{}",
+            seen.message()
+        );
+        assert!(
+            !seen.message().contains(&actual.to_string()),
+            "{}",
+            seen.message()
+        );
+        caller.admin = true;
+        assert!(
+            fetch_status(&err, &caller)
+                .message()
+                .contains(&actual.to_string())
+        );
     }
 
     #[test]

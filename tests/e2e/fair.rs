@@ -1,18 +1,16 @@
 //! Fair shares between users, with callers run as another uid.
 
-use std::fs::Permissions;
-use std::os::unix::fs::PermissionsExt as _;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use crate::common::http::{HttpServer, Reply};
-use crate::common::{TestDaemon, digest_of, fetch_req, random_bytes, wait_until};
+use crate::common::{
+    TestDaemon, as_nobody, digest_of, fetch_req, random_bytes, root_or_skip, wait_until,
+};
 
 /// `assetctl fetch` as uid/gid 65534 (nobody), in the background.
 fn fetch_as_nobody(daemon: &TestDaemon, url: &str, digest: &str) -> Child {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_assetctl"))
+    as_nobody(env!("CARGO_BIN_EXE_assetctl"))
         .arg("--socket")
         .arg(&daemon.socket)
         .args(["fetch", "--quiet", url, "--digest", digest])
@@ -24,8 +22,7 @@ fn fetch_as_nobody(daemon: &TestDaemon, url: &str, digest: &str) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_cannot_take_every_transfer_slot() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: needs root (runs callers as another uid)");
+    if !root_or_skip() {
         return;
     }
     let http = HttpServer::start().await;
@@ -37,10 +34,7 @@ async fn one_user_cannot_take_every_transfer_slot() {
         "--stall-timeout",
         "60s",
     ]);
-    // Let uid 65534 reach the socket.
-    let run_dir = daemon.socket.parent().unwrap();
-    std::fs::set_permissions(run_dir.parent().unwrap(), Permissions::from_mode(0o711)).unwrap();
-    std::fs::set_permissions(&daemon.socket, Permissions::from_mode(0o666)).unwrap();
+    daemon.open_to_everyone();
 
     // Three transfers by one user whose source never sends a byte.
     let mut hung = Vec::new();
@@ -126,14 +120,8 @@ print(admitted, closed)
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .unwrap_or("python3");
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            python,
-            "-c",
-        ])
+    let out = as_nobody(python)
+        .arg("-c")
         .arg(script)
         .arg(socket)
         .arg(n.to_string())
@@ -155,14 +143,11 @@ print(admitted, closed)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_cannot_hold_every_connection() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: needs root (runs callers as another uid)");
+    if !root_or_skip() {
         return;
     }
     let daemon = TestDaemon::start_with(&["--max-connections-per-uid", "3"]);
-    let run_dir = daemon.socket.parent().unwrap();
-    std::fs::set_permissions(run_dir.parent().unwrap(), Permissions::from_mode(0o711)).unwrap();
-    std::fs::set_permissions(&daemon.socket, Permissions::from_mode(0o666)).unwrap();
+    daemon.open_to_everyone();
 
     assert_eq!(connections_as_nobody(&daemon.socket, 5), (3, 2));
     // Its connections closed, the user is admitted again.

@@ -13,6 +13,7 @@ mod grpcurl;
 mod hostile_edge;
 mod hostile_store;
 mod lifecycle;
+mod oracle;
 mod pipeline;
 mod seams;
 mod shutdown;

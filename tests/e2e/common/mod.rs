@@ -120,6 +120,16 @@ impl TestDaemon {
         }
     }
 
+    /// Lets every user reach the socket (mode 0666, its folders searchable),
+    /// for tests that call as another uid.
+    pub fn open_to_everyone(&self) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let run_dir = self.socket.parent().expect("socket folder");
+        let dir = run_dir.parent().expect("temp dir");
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o711)).expect("chmod dir");
+        fs::set_permissions(&self.socket, fs::Permissions::from_mode(0o666)).expect("chmod socket");
+    }
+
     /// Sends SIGTERM without waiting for the daemon to exit.
     pub fn sigterm(&self) {
         let child = self.child.as_ref().expect("running");
@@ -334,6 +344,24 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
+}
+
+/// `program` to be run as uid and gid 65534 (nobody), with no other groups.
+pub fn as_nobody(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(program);
+    cmd
+}
+
+/// True when the tests run as root (needed to run callers as another uid);
+/// otherwise says the test is skipped.
+pub fn root_or_skip() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("SKIPPED: needs root (runs callers as another uid)");
+    }
+    root
 }
 
 /// `len` pseudo-random bytes, different for each `seed`.

@@ -1,0 +1,63 @@
+//! What a caller that is not an admin learns of bytes it could not read:
+//! that they did not match what it expected, and nothing more.
+
+use std::time::Duration;
+
+use crate::common::http::{HttpServer, Reply};
+use crate::common::{TestDaemon, WRONG_DIGEST, as_nobody, digest_of, random_bytes, root_or_skip};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mismatch_tells_others_what_they_expected_not_what_was_there() {
+    if !root_or_skip() {
+        return;
+    }
+    let http = HttpServer::start().await;
+    let secret = random_bytes(4096, 700);
+    let url = http.route("/secret", Reply::Body(secret.clone()));
+    let daemon = TestDaemon::start();
+    daemon.open_to_everyone();
+
+    let out = as_nobody(env!("CARGO_BIN_EXE_assetctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args([
+            "fetch",
+            "--quiet",
+            &url,
+            "--digest",
+            WRONG_DIGEST,
+            "--size",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(stderr.contains("expected 1 bytes"), "{stderr}");
+    assert!(
+        !stderr.contains("4096"),
+        "the declared size leaked: {stderr}"
+    );
+
+    let out = as_nobody(env!("CARGO_BIN_EXE_assetctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["fetch", "--quiet", &url, "--digest", WRONG_DIGEST])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(
+        stderr.contains(&format!("expected {WRONG_DIGEST}")),
+        "{stderr}"
+    );
+    let actual = digest_of(&secret);
+    assert!(
+        !stderr.contains(&actual),
+        "the actual digest leaked: {stderr}"
+    );
+    // The log keeps it, for admins.
+    assert!(daemon.log().contains(&actual));
+    daemon.wait_ingest_empty(Duration::from_secs(2)).await;
+    daemon.assert_empty();
+}
