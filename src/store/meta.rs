@@ -164,7 +164,7 @@ impl Meta {
     /// reconciles it with `on_disk` (each blob's digest, size and mtime).
     pub fn open(root: &Path, on_disk: &[(Digest, u64, i64)]) -> Result<Meta, MetaError> {
         let path = root.join("meta.redb");
-        let db = open_db(root, &path)?;
+        let db = open_db(root, &path, "blobs/")?;
         let meta = Meta {
             state: Mutex::new(State {
                 db: Some(db),
@@ -202,7 +202,7 @@ impl Meta {
         // redb allows one handle per file: the old one goes first.
         state.db = None;
         let root = self.path.parent().unwrap_or(Path::new("/"));
-        let reopened = open_db(root, &self.path).and_then(|db| {
+        let reopened = open_db(root, &self.path, "memory").and_then(|db| {
             rewrite(&db, records, pins).map_err(redb_error(&self.path))?;
             Ok(db)
         });
@@ -451,8 +451,9 @@ fn redb_error(path: &Path) -> impl Fn(redb::Error) -> MetaError + '_ {
 }
 
 /// Opens (creating) the database at `path` in `root`, 0600; a damaged one
-/// is moved aside and a new one made.
-fn open_db(root: &Path, path: &Path) -> Result<Database, MetaError> {
+/// is moved aside and a new one made, to be filled from `rebuilt_from`
+/// (for the log).
+fn open_db(root: &Path, path: &Path, rebuilt_from: &str) -> Result<Database, MetaError> {
     let io = |e: std::io::Error| redb_error(path)(redb::Error::Io(e));
     private_file(path).map_err(io)?;
     match Database::create(path) {
@@ -462,7 +463,7 @@ fn open_db(root: &Path, path: &Path) -> Result<Database, MetaError> {
         Err(e) if !is_damage(&e) => Err(redb_error(path)(e.into())),
         Err(e) => {
             let aside = root.join(format!("meta.redb.damaged-{}", now_ms()));
-            tracing::warn!(error = %e, moved_to = %aside.display(), "metadata store damaged; rebuilding it");
+            tracing::warn!(error = %e, moved_to = %aside.display(), "metadata store damaged; rebuilding it from {rebuilt_from}");
             std::fs::rename(path, &aside)
                 .and_then(|()| private_file(&aside))
                 .and_then(|()| private_file(path))
