@@ -122,6 +122,7 @@ impl Fetcher {
     /// the end. Each failure is logged here, where it is handled.
     pub async fn upkeep(&self) {
         let token = self.inner.lifetime.token.clone();
+        let mut flush_failing = false;
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         let mut gc = tokio::time::interval(self.inner.cache.gc_interval.0);
         for tick in [&mut flush, &mut gc] {
@@ -130,7 +131,7 @@ impl Fetcher {
         loop {
             tokio::select! {
                 () = token.cancelled() => break,
-                _ = flush.tick() => self.log_flush().await,
+                _ = flush.tick() => self.log_flush(&mut flush_failing).await,
                 _ = gc.tick() => match self.gc(false).await {
                     Ok(report) if !report.evicted.is_empty() || report.lapsed_pins > 0 => {
                         let bytes: u64 = report.evicted.iter().map(|b| b.size).sum();
@@ -146,21 +147,33 @@ impl Fetcher {
                 },
             }
         }
-        self.log_flush().await;
+        self.log_flush(&mut flush_failing).await;
     }
 
     /// After shutdown: the last last-use times, and every temp file left by
     /// transfers that were stopped. Failures are logged.
     pub async fn close(&self) {
-        self.log_flush().await;
+        self.log_flush(&mut false).await;
         if let Err(e) = self.blocking(|store| store.sweep_ingest()).await {
             tracing::warn!(error = %e, "removing temp files failed; the next start removes them");
         }
     }
 
-    async fn log_flush(&self) {
-        if let Err(e) = self.flush_uses().await {
-            tracing::warn!(error = %e, "recording last uses failed; retried at the next flush");
+    /// A flush, which also reopens a broken `meta.redb` once it can be
+    /// written (see [`crate::store::Store::heal_meta`]). A failure is logged
+    /// when it starts and when it ends, not at every retry.
+    async fn log_flush(&self, failing: &mut bool) {
+        match self.flush_uses().await {
+            Ok(_) if *failing => {
+                *failing = false;
+                tracing::info!("metadata store writable again");
+            }
+            Ok(_) => {}
+            Err(e) if !*failing => {
+                *failing = true;
+                tracing::warn!(error = %e, "recording last uses failed; retried every 5 s");
+            }
+            Err(e) => tracing::debug!(error = %e, "recording last uses still fails"),
         }
     }
 }

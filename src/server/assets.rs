@@ -2,6 +2,7 @@
 //! caller's identity), checks the caller's role, calls the fetch layer and
 //! converts the result. No I/O here.
 
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
@@ -10,12 +11,17 @@ use super::request::{self, caller, require_admin, span};
 use super::{fetch_status, progress, status};
 use crate::fetch::Fetcher;
 use crate::proto;
-use crate::store::ListQuery;
+use crate::store::{AssetInfo, ListQuery};
 
 /// List page size when the request gives none.
 const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest list page: keeps one response well under gRPC's 4 MiB default.
 const MAX_PAGE_SIZE: usize = 1000;
+/// Most encoded bytes of assets in one list page, 1 MiB: an asset may carry
+/// several 8 KiB URLs and many leases, so a count alone does not keep a page
+/// under gRPC's 4 MiB default message size. A page holds at least one asset
+/// whatever its size, so paging always moves on.
+const MAX_PAGE_BYTES: usize = 1 << 20;
 
 /// The service, over a shared [`Fetcher`].
 pub struct AssetsService {
@@ -96,23 +102,11 @@ impl proto::assets_server::Assets for AssetsService {
             // One more than the page tells whether another page follows.
             limit: page_size + 1,
             lease: nonempty(req.lease),
-            url_prefix: nonempty(req.url_prefix),
+            url_prefix: request::url_prefix(req.url_prefix)?,
             unleased: req.unleased,
         };
-        let mut found = self.fetcher.list(&query);
-        let next_page_token = if found.len() > page_size {
-            found.truncate(page_size);
-            found
-                .last()
-                .map(|a| a.blob.digest.hex())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Response::new(proto::ListResponse {
-            assets: found.into_iter().map(asset).collect(),
-            next_page_token,
-        }))
+        let found = self.fetcher.list(&query);
+        Ok(Response::new(page(found, page_size, MAX_PAGE_BYTES)))
     }
 
     async fn delete(
@@ -226,5 +220,83 @@ impl proto::assets_server::Assets for AssetsService {
         Ok(Response::new(progress::prewarm_events(
             events, digests, caller,
         )))
+    }
+}
+
+/// A page of `found` (in digest order): at most `page_size` assets and, past
+/// the first, at most `max_bytes` of them encoded. `next_page_token` names
+/// the last asset given when more follow.
+fn page(found: Vec<AssetInfo>, page_size: usize, max_bytes: usize) -> proto::ListResponse {
+    let mut assets = Vec::new();
+    let mut bytes = 0;
+    let mut next_page_token = String::new();
+    let mut last = None;
+    for info in found {
+        let digest = info.blob.digest;
+        let asset = asset(info);
+        // As a repeated field: one byte of tag, the length, the message.
+        let len = asset.encoded_len();
+        let len = 1 + prost::length_delimiter_len(len) + len;
+        let full = assets.len() == page_size || (!assets.is_empty() && bytes + len > max_bytes);
+        if full {
+            next_page_token = last
+                .map(|d: crate::digest::Digest| d.hex())
+                .unwrap_or_default();
+            break;
+        }
+        bytes += len;
+        assets.push(asset);
+        last = Some(digest);
+    }
+    proto::ListResponse {
+        assets,
+        next_page_token,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::store::Blob;
+
+    fn info(n: u8, url_len: usize) -> AssetInfo {
+        let digest = Digest::from_bytes([n; 32]);
+        AssetInfo {
+            blob: Blob {
+                digest,
+                path: format!("/r/blobs/sha256/{}", digest.hex()).into(),
+                size: 1,
+                added_unix_seconds: 0,
+            },
+            last_used: 0,
+            urls: (0..8)
+                .map(|i| format!("https://h/{i}/{}", "u".repeat(url_len)))
+                .collect(),
+            pins: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_list_page_stops_at_its_byte_bound_and_the_token_continues_there() {
+        // About 64 KiB per asset: 16 fit in 1 MiB.
+        let found: Vec<_> = (1..=40).map(|n| info(n, 8000)).collect();
+        let page = page(found, 100, MAX_PAGE_BYTES);
+        assert_eq!(page.assets.len(), 16);
+        assert!(page.encode_to_vec().len() <= MAX_PAGE_BYTES + 100);
+        assert_eq!(page.next_page_token, Digest::from_bytes([16; 32]).hex());
+    }
+
+    #[test]
+    fn a_list_page_stops_at_its_count_and_holds_one_asset_whatever_its_size() {
+        let found: Vec<_> = (1..=5).map(|n| info(n, 10)).collect();
+        let by_count = page(found.clone(), 3, MAX_PAGE_BYTES);
+        assert_eq!(by_count.assets.len(), 3);
+        assert_eq!(by_count.next_page_token, Digest::from_bytes([3; 32]).hex());
+        let last = page(found.clone(), 5, MAX_PAGE_BYTES);
+        assert_eq!((last.assets.len(), last.next_page_token.as_str()), (5, ""));
+        let one = page(found, 100, 10);
+        assert_eq!(one.assets.len(), 1, "one asset even past the bound");
+        assert_eq!(one.next_page_token, Digest::from_bytes([1; 32]).hex());
     }
 }

@@ -157,6 +157,13 @@ pub(super) fn want(
     })
 }
 
+/// `List`'s `url_prefix` filter: `None` when empty; longer than
+/// [`MAX_URL_LEN`] is refused, as no URL kept can start with it.
+pub(super) fn url_prefix(prefix: String) -> Result<Option<String>, RequestError> {
+    url_len("url_prefix", &prefix)?;
+    Ok((!prefix.is_empty()).then_some(prefix))
+}
+
 /// Refuses a URL (`what`: "url" or "mirror") longer than [`MAX_URL_LEN`].
 fn url_len(what: &str, url: &str) -> Result<(), RequestError> {
     if url.len() <= MAX_URL_LEN {
@@ -326,6 +333,24 @@ mod tests {
             assert!(text.contains(what) && text.contains("8192"), "{text}");
             assert!(text.len() < 512 && text.contains('…'), "{text}");
         }
+    }
+
+    #[test]
+    fn an_overlong_url_prefix_is_refused_naming_length_and_bound() {
+        assert_eq!(url_prefix(String::new()).unwrap(), None);
+        let at_bound = "h".repeat(MAX_URL_LEN);
+        assert_eq!(
+            url_prefix(at_bound.clone()).unwrap(),
+            Some(at_bound.clone())
+        );
+        let err = url_prefix(format!("{at_bound}h")).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, RequestError::Invalid(_)), "{text}");
+        assert!(
+            text.contains("url_prefix of 8193 bytes") && text.contains("bound of 8192 bytes"),
+            "{text}"
+        );
+        assert!(text.len() < 512, "{text}");
     }
 
     #[test]

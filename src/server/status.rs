@@ -111,7 +111,9 @@ fn store_code(err: &StoreError) -> Code {
         StoreError::Leased { .. } => Code::FailedPrecondition,
         StoreError::Io { .. } if err.is_no_space() => Code::ResourceExhausted,
         // The metadata store not being writable is a node problem a retry
-        // elsewhere may avoid.
+        // elsewhere may avoid; a full disk says so. It heals by itself
+        // once writes succeed again, so never INTERNAL.
+        StoreError::Meta(_) if err.is_no_space() => Code::ResourceExhausted,
         StoreError::Meta(_) => Code::Unavailable,
         StoreError::Io { .. } | StoreError::Locked { .. } | StoreError::NotOwned { .. } => {
             Code::Internal
@@ -125,6 +127,7 @@ mod tests {
 
     use super::*;
     use crate::digest::Digest;
+    use crate::store::MetaError;
 
     fn d() -> Digest {
         Digest::from_bytes([7; 32])
@@ -171,6 +174,36 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (FetchError::ShuttingDown, Code::Unavailable),
+            (
+                FetchError::Store(StoreError::Meta(MetaError::Broken {
+                    path: "/r/meta.redb".into(),
+                    cause: "No space left on device (os error 28)".into(),
+                    no_space: true,
+                })),
+                Code::ResourceExhausted,
+            ),
+            (
+                FetchError::Store(StoreError::Meta(MetaError::Broken {
+                    path: "/r/meta.redb".into(),
+                    cause: "Input/output error (os error 5)".into(),
+                    no_space: false,
+                })),
+                Code::Unavailable,
+            ),
+            (
+                FetchError::Store(StoreError::Meta(MetaError::Redb {
+                    path: "/r/meta.redb".into(),
+                    source: redb::Error::Io(std::io::Error::from_raw_os_error(nix::libc::ENOSPC)),
+                })),
+                Code::ResourceExhausted,
+            ),
+            (
+                FetchError::Store(StoreError::Meta(MetaError::Redb {
+                    path: "/r/meta.redb".into(),
+                    source: redb::Error::PreviousIo,
+                })),
+                Code::Unavailable,
+            ),
             (
                 FetchError::InProgress { digest: d() },
                 Code::FailedPrecondition,

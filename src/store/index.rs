@@ -1,6 +1,9 @@
 //! The in-memory index of what is cached: per asset its size, times, URLs
 //! and pins. It mirrors `meta.redb` (loaded at start, after reconcile), so
-//! that hits, `Stat` and `List` do no I/O at all.
+//! that hits, `Stat` and `List` do no I/O at all. It is the daemon's truth
+//! while it runs: when a `meta.redb` write fails (a full disk), the index
+//! runs ahead and `meta.redb` is rewritten from it once it can be written
+//! again (see `Store::heal_meta`).
 //!
 //! Lock discipline (the store's, documented here because the index is where
 //! the decisions are made):
@@ -91,6 +94,9 @@ impl Entry {
         self.dirty = true;
     }
 }
+
+/// Every record and every pin (by digest) the index holds.
+pub(super) type Snapshot = (Vec<(Digest, Record)>, Vec<(Digest, Pin)>);
 
 /// Why an asset is to be removed, and so what may stop it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,11 +215,15 @@ impl Index {
         }
     }
 
-    /// Drops the pins that lapsed by `now`.
-    pub fn sweep_lapsed(&mut self, now: u64) {
+    /// Drops the pins that lapsed by `now`; returns how many.
+    pub fn sweep_lapsed(&mut self, now: u64) -> usize {
+        let mut swept = 0;
         for entry in self.entries.values_mut() {
+            let before = entry.pins.len();
             entry.pins.retain(|p| p.holds(now));
+            swept += before - entry.pins.len();
         }
+        swept
     }
 
     /// Takes `digest` out if `why` allows it now; the caller then unlinks it.
@@ -285,6 +295,17 @@ impl Index {
                 (*d, e.record())
             })
             .collect()
+    }
+
+    /// Every record and every pin, for a rewrite of `meta.redb` from memory.
+    pub fn snapshot(&self) -> Snapshot {
+        let records = self.entries.iter().map(|(d, e)| (*d, e.record())).collect();
+        let pins = self
+            .entries
+            .iter()
+            .flat_map(|(d, e)| e.pins.iter().map(|p| (*d, p.clone())))
+            .collect();
+        (records, pins)
     }
 
     /// Marks `digests` dirty again after a failed flush.

@@ -152,6 +152,7 @@ impl Store {
         lease: &str,
         expires: Option<u64>,
     ) -> Result<bool, StoreError> {
+        self.heal_meta()?;
         let _leases = self.leases();
         let previous = {
             let mut index = self.index();
@@ -177,26 +178,40 @@ impl Store {
         Ok(true)
     }
 
-    /// Drops every pin of `lease`; returns how many. Blocking.
+    /// Drops every pin of `lease`; returns how many. Durable when it
+    /// returns; on error nothing changed. Blocking.
     pub fn release(&self, lease: &str) -> Result<usize, StoreError> {
+        self.heal_meta()?;
         let _leases = self.leases();
         let released = self.meta.release(lease)?;
         self.index().release(lease);
         Ok(released)
     }
 
-    /// Drops lapsed pins; returns how many. Blocking.
+    /// Drops lapsed pins from memory, then from `meta.redb` best effort: a
+    /// lapsed pin holds nothing wherever it is read, and one left in redb
+    /// goes at the rewrite after its next reopen. So a broken metadata
+    /// store does not stop a gc, which is what frees a full disk. Returns
+    /// how many pins lapsed. Blocking.
     pub fn sweep_lapsed(&self) -> Result<usize, StoreError> {
         let _leases = self.leases();
         let now = now_ms();
-        let swept = self.meta.sweep_lapsed(now)?;
-        self.index().sweep_lapsed(now);
+        let swept = self.index().sweep_lapsed(now);
+        if swept > 0
+            && let Err(e) = self.meta.sweep_lapsed(now)
+        {
+            tracing::warn!(error = %e, "dropping lapsed pins from meta.redb failed; it is rewritten from memory once writable");
+        }
         Ok(swept)
     }
 
     /// Writes the last-use times and URLs noted since the last flush to
-    /// `meta.redb`, in one durable transaction; returns how many. Blocking.
+    /// `meta.redb`, in one durable transaction; returns how many. First
+    /// reopens and rewrites a broken `meta.redb` ([`Store::heal_meta`]):
+    /// the daemon's timer calls this every few seconds, so the metadata
+    /// heals on its own once the disk has room again. Blocking.
     pub fn flush_uses(&self) -> Result<usize, StoreError> {
+        self.heal_meta()?;
         let dirty = self.index().take_dirty();
         if let Err(e) = self.meta.put(&dirty) {
             self.index().mark_dirty(dirty.iter().map(|(d, _)| *d));
@@ -305,7 +320,7 @@ impl Store {
                     .is_ok()
                 {
                     tracing::warn!(%digest, "blob vanished from blobs/; forgotten");
-                    self.meta.remove(digest)?;
+                    self.forget_record(digest);
                 }
                 return Ok(None);
             }
@@ -328,7 +343,7 @@ impl Store {
                 .ok();
             let moved = layout::quarantine_entry(&path, &quarantine)?;
             fsync_dir(&self.blobs)?;
-            self.meta.remove(digest)?;
+            self.forget_record(digest);
             moved
         };
         tracing::error!(%digest, %actual, quarantined = %moved.display(), "blob failed verification");
@@ -347,6 +362,11 @@ impl Store {
     /// Takes `digest` out of the index if `why` allows it, then unlinks its
     /// file and forgets its record: `Ok(Ok(size))` when removed,
     /// `Ok(Err(refusal))` when not allowed or not there. Blocking.
+    ///
+    /// The record and the file go together or neither, as callers see them:
+    /// callers see the index (memory, the daemon's truth while it runs), and
+    /// the entry leaves it exactly when the file leaves `blobs/`. The durable
+    /// record follows best effort ([`Store::forget_record`]).
     fn remove(&self, digest: &Digest, why: Removal) -> Result<Result<u64, Refusal>, StoreError> {
         let _files = self.files();
         let entry = match self.index().take(digest, why, now_ms()) {
@@ -354,8 +374,13 @@ impl Store {
             Err(refusal) => return Ok(Err(refusal)),
         };
         let path = self.blob_path(digest);
-        // INVARIANT: the file goes before its record; a crash in between
-        // leaves a record without a file, which the next start drops.
+        // INVARIANT: the file goes before its durable record, and a failed
+        // unlink puts the entry back, so an error means nothing changed.
+        // A crash (or a failed redb write) in between leaves a record
+        // without a file, which the next reopen's rewrite from memory or the
+        // next start's reconcile drops. The other order (record first) would
+        // wedge a full disk: redb cannot commit even a removal without free
+        // pages, so no delete or eviction could free the space it needs.
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -365,8 +390,12 @@ impl Store {
                 return Err(StoreError::io("remove", &path)(e));
             }
         }
-        fsync_dir(&self.blobs)?;
-        self.meta.remove(digest)?;
+        // The name is gone; a failed fsync only risks it coming back after
+        // a crash, as a verified blob that reconcile records again.
+        if let Err(e) = fsync_dir(&self.blobs) {
+            tracing::warn!(%digest, error = %e, "removal may not survive a crash");
+        }
+        self.forget_record(digest);
         Ok(Ok(entry.size))
     }
 }

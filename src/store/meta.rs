@@ -8,10 +8,18 @@
 //! when it returns; last-use times reach it in batches (see
 //! [`super::Store::flush_uses`]), so a crash loses at most the last few
 //! seconds of LRU order.
+//!
+//! After a failed write (a full disk, any I/O error) redb refuses every
+//! later write until it is reopened. So a failed write marks the database
+//! broken; every later write fails at once with [`MetaError::Broken`] (naming
+//! the first failure, so a full disk stays a full disk) until the store calls
+//! [`Meta::reopen`], which drops the database, opens it again and rewrites
+//! it from what memory holds (the daemon's truth while it runs).
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::OFlag;
@@ -56,15 +64,85 @@ impl Pin {
 
 /// A metadata failure.
 #[derive(Debug, thiserror::Error)]
-#[error("metadata store {path}: {source}")]
-pub struct MetaError {
-    path: PathBuf,
-    source: redb::Error,
+pub enum MetaError {
+    /// redb failed.
+    #[error("metadata store {path}: {source}")]
+    Redb {
+        /// The database file.
+        path: PathBuf,
+        /// What redb said.
+        source: redb::Error,
+    },
+    /// An earlier write failed, and the database has not been reopened
+    /// since: writes are refused until it is.
+    #[error(
+        "metadata store {path} is not writable since a write failed ({cause}); \
+         it is reopened once writes succeed again"
+    )]
+    Broken {
+        /// The database file.
+        path: PathBuf,
+        /// The failure that broke it.
+        cause: String,
+        /// Whether that failure was a full disk or quota.
+        no_space: bool,
+    },
+}
+
+impl MetaError {
+    /// True when the disk (or quota) is full: ENOSPC or EDQUOT anywhere in
+    /// the error's chain, or in the failure that broke the database.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            MetaError::Redb { source, .. } => chain_has_no_space(source),
+            MetaError::Broken { no_space, .. } => *no_space,
+        }
+    }
+}
+
+/// Whether `err` or any error it wraps is an I/O error of a full disk.
+fn chain_has_no_space(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && is_no_space_io(io)
+        {
+            return true;
+        }
+        if let Some(redb::Error::Io(io)) = e.downcast_ref::<redb::Error>()
+            && is_no_space_io(io)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+fn is_no_space_io(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || matches!(
+        err.raw_os_error(),
+        Some(nix::libc::ENOSPC | nix::libc::EDQUOT)
+    )
+}
+
+/// The database, and whether it may be written.
+struct State {
+    /// `None` only while a reopen failed. A broken handle is kept until
+    /// [`Meta::reopen`] drops it: redb allows one handle per file.
+    db: Option<Database>,
+    /// Set when a write failed: no write is tried until a reopen.
+    broken: Option<Broken>,
 }
 
 /// The metadata database.
 pub struct Meta {
-    db: Database,
+    /// Held across each read and write (redb serializes writers anyway) and
+    /// across a reopen, so no write sees a half-reopened database.
+    state: Mutex<State>,
     path: PathBuf,
 }
 
@@ -86,45 +164,64 @@ impl Meta {
     /// reconciles it with `on_disk` (each blob's digest, size and mtime).
     pub fn open(root: &Path, on_disk: &[(Digest, u64, i64)]) -> Result<Meta, MetaError> {
         let path = root.join("meta.redb");
-        private_file(&path).map_err(|e| MetaError {
-            path: path.clone(),
-            source: redb::Error::Io(e),
-        })?;
-        let db = match Database::create(&path) {
-            Ok(db) => db,
-            // Only damage is repaired by a rebuild; an I/O or permission
-            // error must not cost the leases.
-            Err(e) if !is_damage(&e) => {
-                return Err(MetaError {
-                    path,
-                    source: e.into(),
-                });
-            }
-            Err(e) => {
-                let aside = root.join(format!("meta.redb.damaged-{}", now_ms()));
-                tracing::warn!(error = %e, moved_to = %aside.display(), "metadata store damaged; rebuilding it from blobs/");
-                std::fs::rename(&path, &aside)
-                    .and_then(|()| private_file(&aside))
-                    .and_then(|()| private_file(&path))
-                    .map_err(|e| MetaError {
-                        path: path.clone(),
-                        source: redb::Error::Io(e),
-                    })?;
-                Database::create(&path).map_err(|e| MetaError {
-                    path: path.clone(),
-                    source: e.into(),
-                })?
-            }
+        let db = open_db(root, &path, "blobs/")?;
+        let meta = Meta {
+            state: Mutex::new(State {
+                db: Some(db),
+                broken: None,
+            }),
+            path,
         };
-        let meta = Meta { db, path };
         meta.reconcile(on_disk)?;
         Ok(meta)
     }
 
-    fn fail(&self) -> impl Fn(redb::Error) -> MetaError + '_ {
-        |source| MetaError {
-            path: self.path.clone(),
-            source,
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a write failed and the database awaits [`Meta::reopen`].
+    pub fn is_broken(&self) -> bool {
+        self.lock().broken.is_some()
+    }
+
+    /// Drops the database and opens it again (moving it aside and starting
+    /// afresh if it is damaged), then replaces its content with `records`
+    /// and `pins`, what memory holds, in one durable transaction. Does
+    /// nothing unless a write failed since the last (re)open. On failure
+    /// the database stays broken, with this failure as its cause. Blocking.
+    pub fn reopen(
+        &self,
+        records: &[(Digest, Record)],
+        pins: &[(Digest, Pin)],
+    ) -> Result<(), MetaError> {
+        let mut state = self.lock();
+        if state.broken.is_none() {
+            return Ok(());
+        }
+        // redb allows one handle per file: the old one goes first.
+        state.db = None;
+        let root = self.path.parent().unwrap_or(Path::new("/"));
+        let reopened = open_db(root, &self.path, "memory").and_then(|db| {
+            rewrite(&db, records, pins).map_err(redb_error(&self.path))?;
+            Ok(db)
+        });
+        match reopened {
+            Ok(db) => {
+                state.db = Some(db);
+                state.broken = None;
+                tracing::info!(
+                    path = %self.path.display(),
+                    assets = records.len(),
+                    pins = pins.len(),
+                    "metadata store reopened and rewritten from memory"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                state.broken = Some(Broken::from(&e));
+                Err(e)
+            }
         }
     }
 
@@ -165,26 +262,51 @@ impl Meta {
         Ok(())
     }
 
+    /// The open database, or [`MetaError::Broken`].
+    fn usable<'a>(&self, state: &'a State) -> Result<&'a Database, MetaError> {
+        match (&state.db, &state.broken) {
+            (Some(db), None) => Ok(db),
+            (_, broken) => {
+                let broken = broken.clone().unwrap_or_default();
+                Err(MetaError::Broken {
+                    path: self.path.clone(),
+                    cause: broken.cause,
+                    no_space: broken.no_space,
+                })
+            }
+        }
+    }
+
     fn write(
         &self,
         durability: Durability,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), MetaError> {
+        let mut state = self.lock();
+        let db = self.usable(&state)?;
         let run = || -> Result<(), redb::Error> {
-            let mut tx = self.db.begin_write()?;
+            let mut tx = db.begin_write()?;
             tx.set_durability(durability)
                 .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
             f(&tx)?;
             tx.commit()?;
             Ok(())
         };
-        run().map_err(self.fail())
+        let result = run().map_err(redb_error(&self.path));
+        // Whatever failed, a reopen and a rewrite from memory is safe, and
+        // after an I/O error redb accepts nothing less.
+        if let Err(e) = &result {
+            state.broken = Some(Broken::from(e));
+        }
+        result
     }
 
     /// Every record, by digest.
     pub fn records(&self) -> Result<HashMap<Digest, Record>, MetaError> {
+        let state = self.lock();
+        let db = self.usable(&state)?;
         let read = || -> Result<HashMap<Digest, Record>, redb::Error> {
-            let tx = self.db.begin_read()?;
+            let tx = db.begin_read()?;
             let table = match tx.open_table(ASSETS) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
@@ -201,7 +323,7 @@ impl Meta {
             }
             Ok(all)
         };
-        read().map_err(self.fail())
+        read().map_err(redb_error(&self.path))
     }
 
     /// Every record with its pins, as the in-memory index.
@@ -234,8 +356,10 @@ impl Meta {
 
     /// Every pin, by digest.
     pub fn pins(&self) -> Result<HashMap<Digest, Vec<Pin>>, MetaError> {
+        let state = self.lock();
+        let db = self.usable(&state)?;
         let read = || -> Result<HashMap<Digest, Vec<Pin>>, redb::Error> {
-            let tx = self.db.begin_read()?;
+            let tx = db.begin_read()?;
             let table = match tx.open_table(PINS) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
@@ -254,7 +378,7 @@ impl Meta {
             }
             Ok(all)
         };
-        read().map_err(self.fail())
+        read().map_err(redb_error(&self.path))
     }
 
     /// Pins `digest` for `lease` until `expires` (Unix ms; `None` for never).
@@ -295,6 +419,84 @@ impl Meta {
     pub fn remove(&self, digest: &Digest) -> Result<(), MetaError> {
         self.write(Durability::Immediate, |tx| remove_in(tx, digest))
     }
+}
+
+/// Why the database is broken.
+#[derive(Debug, Clone, Default)]
+struct Broken {
+    /// What redb said when the write (or reopen) failed.
+    cause: String,
+    /// Whether that was a full disk or quota.
+    no_space: bool,
+}
+
+impl From<&MetaError> for Broken {
+    fn from(err: &MetaError) -> Broken {
+        let cause = match err {
+            MetaError::Redb { source, .. } => source.to_string(),
+            MetaError::Broken { cause, .. } => cause.clone(),
+        };
+        Broken {
+            cause,
+            no_space: err.is_no_space(),
+        }
+    }
+}
+
+fn redb_error(path: &Path) -> impl Fn(redb::Error) -> MetaError + '_ {
+    move |source| MetaError::Redb {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Opens (creating) the database at `path` in `root`, 0600; a damaged one
+/// is moved aside and a new one made, to be filled from `rebuilt_from`
+/// (for the log).
+fn open_db(root: &Path, path: &Path, rebuilt_from: &str) -> Result<Database, MetaError> {
+    let io = |e: std::io::Error| redb_error(path)(redb::Error::Io(e));
+    private_file(path).map_err(io)?;
+    match Database::create(path) {
+        Ok(db) => Ok(db),
+        // Only damage is repaired by a rebuild; an I/O or permission
+        // error must not cost the leases.
+        Err(e) if !is_damage(&e) => Err(redb_error(path)(e.into())),
+        Err(e) => {
+            let aside = root.join(format!("meta.redb.damaged-{}", now_ms()));
+            tracing::warn!(error = %e, moved_to = %aside.display(), "metadata store damaged; rebuilding it from {rebuilt_from}");
+            std::fs::rename(path, &aside)
+                .and_then(|()| private_file(&aside))
+                .and_then(|()| private_file(path))
+                .map_err(io)?;
+            Database::create(path).map_err(|e| redb_error(path)(e.into()))
+        }
+    }
+}
+
+/// Replaces everything in `db` with `records` and `pins`, durably.
+fn rewrite(
+    db: &Database,
+    records: &[(Digest, Record)],
+    pins: &[(Digest, Pin)],
+) -> Result<(), redb::Error> {
+    let tx = db.begin_write()?;
+    tx.delete_table(ASSETS)?;
+    tx.delete_table(PINS)?;
+    {
+        let mut assets = tx.open_table(ASSETS)?;
+        for (digest, record) in records {
+            assets.insert(&digest_key(digest)[..], encode(record).as_str())?;
+        }
+        let mut table = tx.open_table(PINS)?;
+        for (digest, pin) in pins {
+            table.insert(
+                (&digest_key(digest)[..], pin.lease.as_str()),
+                pin.expires.unwrap_or(0),
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// Creates `path` (or takes the existing file) as a regular file of mode
@@ -397,6 +599,48 @@ mod tests {
         assert_eq!(meta.sweep_lapsed(1000).unwrap(), 1);
         assert_eq!(meta.release("a").unwrap(), 2);
         assert!(meta.pins().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_broken_database_refuses_writes_until_reopened_with_what_memory_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path(), &[(d(1), 10, 100), (d(2), 20, 200)]).unwrap();
+        meta.pin(&d(1), "a", None).unwrap();
+        meta.lock().broken = Some(Broken {
+            cause: "I/O error: No space left on device (os error 28)".into(),
+            no_space: true,
+        });
+        let err = meta.pin(&d(2), "b", None).unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+        assert!(err.to_string().contains("No space left"), "{err}");
+        // Memory's truth: d(2) went, d(3) came, and d(3) holds lease b.
+        let record = Record {
+            size: 30,
+            added: 3,
+            last_used: 3000,
+            urls: vec!["http://h/3".into()],
+        };
+        let pin = Pin {
+            lease: "b".into(),
+            expires: Some(99),
+        };
+        meta.reopen(&[(d(3), record.clone())], &[(d(3), pin.clone())])
+            .unwrap();
+        assert!(!meta.is_broken());
+        assert_eq!(meta.records().unwrap(), HashMap::from([(d(3), record)]));
+        assert_eq!(meta.pins().unwrap(), HashMap::from([(d(3), vec![pin])]));
+        meta.pin(&d(3), "c", None).unwrap();
+    }
+
+    #[test]
+    fn no_space_is_found_anywhere_in_the_chain() {
+        let full = redb::Error::Io(std::io::Error::from_raw_os_error(nix::libc::ENOSPC));
+        assert!(chain_has_no_space(&full));
+        let quota = redb::Error::Io(std::io::Error::from_raw_os_error(nix::libc::EDQUOT));
+        assert!(chain_has_no_space(&quota));
+        assert!(!chain_has_no_space(&redb::Error::PreviousIo));
+        let eio = redb::Error::Io(std::io::Error::from_raw_os_error(nix::libc::EIO));
+        assert!(!chain_has_no_space(&eio));
     }
 
     #[test]

@@ -145,10 +145,12 @@ impl StoreError {
         move |source| StoreError::Io { op, path, source }
     }
 
-    /// True when the disk (or quota) is full or would go below the reserve.
+    /// True when the disk (or quota) is full or would go below the reserve;
+    /// for metadata, when a full disk broke (or keeps breaking) its writes.
     pub fn is_no_space(&self) -> bool {
         match self {
             StoreError::NoSpace { .. } => true,
+            StoreError::Meta(e) => e.is_no_space(),
             StoreError::Io { source, .. } => matches!(
                 source.kind(),
                 io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
@@ -327,6 +329,37 @@ impl Store {
 }
 
 impl Store {
+    /// After a failed metadata write, reopens `meta.redb` and rewrites it
+    /// from the index (memory is the daemon's truth while it runs, so
+    /// nothing it holds is lost); does nothing while the database is sound.
+    /// Errors: [`StoreError::Meta`] while it still can't be written (a full
+    /// disk says so). Takes the files and leases locks: the caller holds
+    /// neither. Blocking.
+    pub fn heal_meta(&self) -> Result<(), StoreError> {
+        if !self.meta.is_broken() {
+            return Ok(());
+        }
+        // INVARIANT: no pin, release or removal runs between the snapshot
+        // and the rewrite (each changes memory and redb under one of these
+        // locks), so the rewrite is what memory holds when it lands; writes
+        // queued behind it apply on top, as they would have.
+        let _files = self.files();
+        let _leases = self.leases();
+        let (records, pins) = self.index().snapshot();
+        self.meta.reopen(&records, &pins)?;
+        Ok(())
+    }
+
+    /// Drops `digest`'s durable record after its file left `blobs/`, best
+    /// effort: it is already out of the index, and a record left behind is
+    /// dropped by the rewrite after the next reopen or by the next start's
+    /// reconcile (a record without a file). Blocking.
+    fn forget_record(&self, digest: &Digest) {
+        if let Err(e) = self.meta.remove(digest) {
+            tracing::warn!(%digest, error = %e, "dropping the record failed; meta.redb is rewritten from memory once writable");
+        }
+    }
+
     /// Removes every temp file in `ingest/`: at shutdown, once no transfer
     /// runs. Blocking.
     pub fn sweep_ingest(&self) -> Result<(), StoreError> {
