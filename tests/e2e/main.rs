@@ -13,5 +13,6 @@ mod hostile_edge;
 mod hostile_store;
 mod lifecycle;
 mod pipeline;
+mod policy;
 mod seams;
 mod shutdown;
