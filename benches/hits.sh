@@ -106,7 +106,7 @@ URL=http://127.0.0.1:$(cat "$T/port")
 # --- 3. The daemon, the hot asset cached -------------------------------------
 SOCK=$T/assetd.sock LOG=$T/assetd.log
 # RUST_LOG pinned to the default: the checks below read the info lines.
-RUST_LOG=info "$ASSETD" --root "$T/root" --socket "$SOCK" --max-cache-bytes "$CAP" --gc-interval 1s --unleased-grace 0s 2>"$LOG" &
+RUST_LOG=info "$ASSETD" --root "$T/root" --socket "$SOCK" --allow-source 127.0.0.0/8 --max-cache-bytes "$CAP" --gc-interval 1s --unleased-grace 0s 2>"$LOG" &
 DAEMON_PID=$!
 for _ in $(seq 500); do
   "$LOAD" --socket "$SOCK" --call health --callers 1 --connections 1 --seconds 0.01 >/dev/null 2>&1 && break

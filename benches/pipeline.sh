@@ -147,7 +147,7 @@ EOF
 # --- helpers: daemon, one measured case, timing ----------------------------------
 start_daemon() { # LOG: fresh daemon on an empty root
   rm -rf "$T/root" "$T/a.sock"
-  "$BIN/assetd" --root "$T/root" --socket "$T/a.sock" 2>"$1" &
+  "$BIN/assetd" --root "$T/root" --socket "$T/a.sock" --allow-source 127.0.0.0/8 2>"$1" &
   DAEMON_PID=$!
   for _ in $(seq 100); do
     [[ -S $T/a.sock ]] && return 0

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::source::{SourcePolicy, SourceRule};
+
 /// The default size limit: 8 GiB, above any kernel or rootfs image we serve
 /// and below what would fill an ordinary node's disk by mistake.
 pub const DEFAULT_MAX_SIZE: u64 = 8 << 30;
@@ -136,6 +138,19 @@ pub struct SourcesConfig {
     pub gcs_emulator: Option<String>,
     /// Read `gs://` without credentials (public buckets only).
     pub gcs_anonymous: bool,
+    /// Sources allowed despite the default refusal of loopback, link-local,
+    /// unspecified and multicast addresses (CIDRs, host names, URL
+    /// prefixes); when any names a `gs://` bucket, only those buckets.
+    pub allow_source: Vec<SourceRule>,
+    /// Sources refused whatever `allow_source` says.
+    pub deny_source: Vec<SourceRule>,
+}
+
+impl SourcesConfig {
+    /// The source policy these rules make.
+    pub fn policy(&self) -> SourcePolicy {
+        SourcePolicy::new(self.allow_source.clone(), self.deny_source.clone())
+    }
 }
 
 impl Default for Config {
@@ -647,6 +662,22 @@ max_size = \"lots\"
         )
         .unwrap_err();
         assert!(err.to_string().contains("\"lots\""), "{err}");
+    }
+
+    #[test]
+    fn source_rules_load_typed_and_a_bad_one_is_named() {
+        let text = r#"
+            [sources]
+            allow_source = ["127.0.0.0/8", "http://127.0.0.1:8080/assets/"]
+            deny_source = ["gs://secret"]
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        assert_eq!(config.sources.allow_source.len(), 2);
+        assert_eq!(config.sources.deny_source[0].to_string(), "gs://secret");
+        assert!(config.sources.policy().check_bucket("secret").is_err());
+        let err =
+            toml::from_str::<Config>("[sources]\nallow_source = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert!(err.to_string().contains("\"10.0.0.0/33\""), "{err}");
     }
 
     #[test]

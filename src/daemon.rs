@@ -77,6 +77,7 @@ fn fetcher(store: Store, config: &Config, lifetime: Lifetime) -> Result<Fetcher,
         sources.file_roots.clone(),
         sources.gcs_emulator.as_deref(),
         sources.gcs_anonymous,
+        sources.policy(),
     )
     .map_err(DaemonError::Sources)?;
     tracing::info!(
@@ -84,6 +85,7 @@ fn fetcher(store: Store, config: &Config, lifetime: Lifetime) -> Result<Fetcher,
         max_size = config.fetch.max_size.0,
         file_roots = ?config.sources.file_roots,
         gcs_emulator = config.sources.gcs_emulator.as_deref().unwrap_or("none"),
+        source_policy = %config.sources.policy().describe(),
         "store open"
     );
     Ok(Fetcher::new(

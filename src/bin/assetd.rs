@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use assetd::config::{ByteSize, Config, MinFree, Seconds};
 use assetd::server::Listener;
+use assetd::source::SourceRule;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -37,6 +38,17 @@ struct Args {
     /// A GCS emulator (host:port or URL) to read gs:// from, without credentials
     #[arg(long, value_name = "HOST", env = "STORAGE_EMULATOR_HOST")]
     gcs_emulator: Option<String>,
+    /// Allow a source despite the default refusal of loopback, link-local,
+    /// unspecified and multicast addresses (repeatable): a CIDR (127.0.0.0/8),
+    /// host name (mirror.example.com, *.example.com), URL prefix
+    /// (http://127.0.0.1:8080/assets/) or bucket (gs://bucket: then only the
+    /// buckets listed)
+    #[arg(long = "allow-source", value_name = "RULE")]
+    allow_source: Vec<SourceRule>,
+    /// Refuse a source, whatever --allow-source says (repeatable): a CIDR,
+    /// host name, URL prefix or bucket
+    #[arg(long = "deny-source", value_name = "RULE")]
+    deny_source: Vec<SourceRule>,
     /// Transfers running at once; the rest wait in order [default: 8]
     #[arg(long)]
     max_transfers: Option<usize>,
@@ -104,6 +116,12 @@ impl Args {
             self.gcs_emulator.map(Some),
         );
         config.sources.gcs_anonymous |= self.gcs_anonymous;
+        if !self.allow_source.is_empty() {
+            config.sources.allow_source = self.allow_source;
+        }
+        if !self.deny_source.is_empty() {
+            config.sources.deny_source = self.deny_source;
+        }
         let fetch = &mut config.fetch;
         set(&mut fetch.max_size, self.max_size);
         set(&mut fetch.max_transfers, self.max_transfers);

@@ -15,6 +15,7 @@
 //! same Application Default Credentials chain Google's own tools use.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use base64::Engine as _;
@@ -25,6 +26,7 @@ use reqwest::StatusCode;
 use tokio_stream::{Stream, StreamExt as _};
 use url::Url;
 
+use super::policy::SourcePolicy;
 use super::{ByteStream, OpenFuture, Opened, Resume, Source, SourceError};
 
 /// The public endpoint, when no emulator is configured.
@@ -47,6 +49,9 @@ pub struct GcsSource {
     client: reqwest::Client,
     endpoint: Url,
     auth: Auth,
+    /// Checks the bucket of each URL a caller sends; the endpoint itself is
+    /// the operator's and trusted.
+    policy: Arc<SourcePolicy>,
 }
 
 /// One object, as named by a `gs://` URL.
@@ -70,6 +75,7 @@ impl GcsSource {
     /// Talks to the emulator at `emulator` (`host:port` or a URL) without
     /// credentials when given; otherwise to GCS, anonymously when
     /// `anonymous`, else with Application Default Credentials.
+    /// Buckets are held to no rules until [`GcsSource::with_policy`].
     pub fn new(emulator: Option<&str>, anonymous: bool) -> Result<GcsSource, SourceError> {
         let (endpoint, auth) = match emulator {
             Some(host) if host.contains("://") => (host.to_owned(), Auth::Anonymous),
@@ -82,10 +88,17 @@ impl GcsSource {
             reason: format!("GCS emulator address: {e}"),
         })?;
         Ok(GcsSource {
-            client: super::http::client(None)?,
+            client: super::http::client()?,
+            policy: Arc::default(),
             endpoint,
             auth,
         })
+    }
+
+    /// The same source, holding the buckets of the URLs callers send to
+    /// `policy`.
+    pub fn with_policy(self, policy: Arc<SourcePolicy>) -> GcsSource {
+        GcsSource { policy, ..self }
     }
 
     /// Opens the object at `url`, from `resume.offset` when the generation
@@ -94,6 +107,12 @@ impl GcsSource {
     /// checked only on reads from the start.
     pub async fn read(&self, url: &Url, resume: Option<&Resume>) -> Result<Opened, SourceError> {
         let mut object = ObjectRef::parse(url)?;
+        self.policy
+            .check_bucket(&object.bucket)
+            .map_err(|r| SourceError::Denied {
+                url: super::redacted(url),
+                reason: r.reason,
+            })?;
         let pinned = object.generation;
         let resume = resume.and_then(|r| Some((r.offset, r.validator.parse::<u64>().ok()?)));
         let meta = match resume {

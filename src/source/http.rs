@@ -1,11 +1,26 @@
 //! `http://` and `https://`, through reqwest with rustls.
+//!
+//! Every URL a caller sends is held to the [`SourcePolicy`]: the URL before
+//! the request and at each redirect hop (by a redirect policy), and each
+//! address a host name resolves to (by the client's resolver, which drops
+//! refused addresses), so the addresses connected to are exactly those
+//! checked and a DNS answer that changes after a check cannot slip through.
+//! IP-literal hosts are not resolved; the URL check covers them.
+//!
+//! A proxy from `HTTP_PROXY`/`HTTPS_PROXY` is the operator's and trusted:
+//! with one, the target's name is resolved by the proxy, not here, so only
+//! the URL-level rules (IP literal, host, URL prefix) apply to it.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::{StatusCode, header};
 use tokio_stream::StreamExt as _;
-use url::Url;
+use url::{Host, Url};
 
+use super::policy::{self, Refused, SourcePolicy};
 use super::{OpenFuture, Opened, Resume, Source, SourceError};
 
 /// Redirects followed before giving up: enough for CDNs and signed-URL
@@ -14,20 +29,39 @@ const MAX_REDIRECTS: usize = 10;
 /// Time to establish a connection (TCP and TLS).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Reads objects over HTTP(S). One client, so connections are reused.
+/// Reads objects over HTTP(S). One client, so connections are reused; a
+/// second one for URLs under an allow rule's URL prefix on a host name,
+/// whose resolver lifts the default refusal for that host (so no pooled
+/// connection or resolver ever carries the lift to other URLs).
 pub struct HttpSource {
+    policy: Arc<SourcePolicy>,
     client: reqwest::Client,
+    by_prefix: reqwest::Client,
 }
 
 impl HttpSource {
-    /// A source with bounded redirects and a connect timeout.
-    pub fn new() -> Result<HttpSource, SourceError> {
-        let client = client(Some(MAX_REDIRECTS))?;
-        Ok(HttpSource { client })
+    /// A source with bounded redirects and a connect timeout, held to
+    /// `policy`.
+    pub fn new(policy: Arc<SourcePolicy>) -> Result<HttpSource, SourceError> {
+        let client = guarded_client(&policy, false)?;
+        let by_prefix = match policy.has_name_prefixes() {
+            true => guarded_client(&policy, true)?,
+            false => client.clone(),
+        };
+        Ok(HttpSource {
+            policy,
+            client,
+            by_prefix,
+        })
     }
 
     async fn get(&self, url: &Url, resume: Option<&Resume>) -> Result<Opened, SourceError> {
-        let mut request = self.client.get(url.clone());
+        self.policy.check_url(url).map_err(|r| denied(url, r))?;
+        let client = match self.policy.allowed_by_prefix(url) {
+            true => &self.by_prefix,
+            false => &self.client,
+        };
+        let mut request = client.get(url.clone());
         if let Some(resume) = resume {
             // If-Range: the server sends the rest only if the object is still
             // the version we began with, else the whole new one (200).
@@ -38,7 +72,10 @@ impl HttpSource {
         let response = request
             .send()
             .await
-            .map_err(|e| SourceError::reqwest(url, e))?;
+            .map_err(|e| match policy::refusal(&e) {
+                Some(refused) => denied(url, refused.clone()),
+                None => SourceError::reqwest(url, e),
+            })?;
         let status = response.status();
         let (offset, size) = match (status, resume) {
             (StatusCode::PARTIAL_CONTENT, Some(resume)) => (
@@ -126,21 +163,106 @@ pub(super) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     value.trim().parse().ok().map(Duration::from_secs)
 }
 
-/// An HTTP client with assetd's user agent and connect timeout, following
-/// up to `redirects` redirects (none when `None`).
-pub(super) fn client(redirects: Option<usize>) -> Result<reqwest::Client, SourceError> {
-    let policy = match redirects {
-        Some(n) => reqwest::redirect::Policy::limited(n),
-        None => reqwest::redirect::Policy::none(),
+fn denied(url: &Url, refused: Refused) -> SourceError {
+    SourceError::Denied {
+        url: super::redacted(url),
+        reason: refused.reason,
+    }
+}
+
+/// A client for caller URLs: its resolver and redirect policy hold every
+/// hop to `policy`; `by_prefix` for URLs under an allow rule's URL prefix.
+fn guarded_client(
+    policy: &Arc<SourcePolicy>,
+    by_prefix: bool,
+) -> Result<reqwest::Client, SourceError> {
+    let resolver = GuardedResolver {
+        policy: policy.clone(),
+        by_prefix,
     };
+    let hops = policy.clone();
+    let redirect = reqwest::redirect::Policy::custom(move |attempt| {
+        // `previous` starts with the first URL, which is not a redirect.
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error("too many redirects");
+        }
+        match check_hop(&hops, attempt.url(), by_prefix) {
+            Ok(()) => attempt.follow(),
+            Err(refused) => attempt.error(refused),
+        }
+    });
+    build(client_builder().redirect(redirect).dns_resolver(resolver))
+}
+
+/// A redirect hop's URL. Under a URL-prefix lift, a hop to that prefix's
+/// host outside every allowed prefix is refused here: the resolver would
+/// lift the refusal for the host, not knowing the URL.
+fn check_hop(policy: &SourcePolicy, url: &Url, by_prefix: bool) -> Result<(), Refused> {
+    policy.check_url(url)?;
+    match url.host() {
+        Some(Host::Domain(name))
+            if by_prefix && policy.is_prefix_name(name) && !policy.allowed_by_prefix(url) =>
+        {
+            Err(Refused {
+                reason: format!(
+                    "a redirect to {name} outside the --allow-source URL prefixes for it is refused"
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Resolves with the system resolver, then keeps only the addresses the
+/// policy allows; none left is the policy's refusal of the first.
+struct GuardedResolver {
+    policy: Arc<SourcePolicy>,
+    by_prefix: bool,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        let by_prefix = self.by_prefix;
+        let name = name.as_str().to_owned();
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((name.as_str(), 0)).await?;
+            let mut refused = None;
+            let kept: Vec<SocketAddr> = found
+                .filter(
+                    |addr| match policy.check_resolved(&name, addr.ip(), by_prefix) {
+                        Ok(()) => true,
+                        Err(r) => {
+                            refused.get_or_insert(r);
+                            false
+                        }
+                    },
+                )
+                .collect();
+            match (kept.is_empty(), refused) {
+                (true, Some(refused)) => Err(refused.into()),
+                _ => Ok(Box::new(kept.into_iter()) as Addrs),
+            }
+        })
+    }
+}
+
+/// An HTTP client for an endpoint the operator configured (trusted: no
+/// policy), with assetd's user agent and connect timeout and no redirects.
+pub(super) fn client() -> Result<reqwest::Client, SourceError> {
+    build(client_builder().redirect(reqwest::redirect::Policy::none()))
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("assetd/", env!("CARGO_PKG_VERSION")))
-        .redirect(policy)
         .connect_timeout(CONNECT_TIMEOUT)
-        .build()
-        .map_err(|e| SourceError::Transport {
-            url: String::new(),
-            detail: format!("building the HTTP client: {}", crate::error_chain(&e)),
-            retryable: false,
-        })
+}
+
+fn build(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, SourceError> {
+    builder.build().map_err(|e| SourceError::Transport {
+        url: String::new(),
+        detail: format!("building the HTTP client: {}", crate::error_chain(&e)),
+        retryable: false,
+    })
 }

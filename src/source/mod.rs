@@ -8,6 +8,7 @@
 mod file;
 mod gcs;
 mod http;
+pub mod policy;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use url::Url;
 pub use file::FileSource;
 pub use gcs::GcsSource;
 pub use http::HttpSource;
+pub use policy::{SourcePolicy, SourceRule};
 
 /// The longest URL a request may carry, in bytes. Real URLs, signed ones
 /// included, stay well under it; far longer ones are refused at the edge
@@ -330,14 +332,18 @@ pub struct Sources {
 
 impl Sources {
     /// `http`, `https`, `gs` (see [`GcsSource::new`] for `gcs_emulator` and
-    /// `gcs_anonymous`) and `file` (only inside `file_roots`).
+    /// `gcs_anonymous`) and `file` (only inside `file_roots`). `policy`
+    /// holds the URLs callers send over `http(s)` and the buckets of `gs://`.
     pub fn new(
         file_roots: Vec<PathBuf>,
         gcs_emulator: Option<&str>,
         gcs_anonymous: bool,
+        policy: SourcePolicy,
     ) -> Result<Sources, SourceError> {
-        let http: Arc<dyn Source> = Arc::new(HttpSource::new()?);
-        let gcs: Arc<dyn Source> = Arc::new(GcsSource::new(gcs_emulator, gcs_anonymous)?);
+        let policy = Arc::new(policy);
+        let http: Arc<dyn Source> = Arc::new(HttpSource::new(policy.clone())?);
+        let gcs: Arc<dyn Source> =
+            Arc::new(GcsSource::new(gcs_emulator, gcs_anonymous)?.with_policy(policy));
         let file: Arc<dyn Source> = Arc::new(FileSource::new(file_roots));
         let by_scheme = HashMap::from([
             ("http", http.clone()),
@@ -371,7 +377,7 @@ mod tests {
 
     #[test]
     fn resolve_refuses_malformed_urls_and_unknown_schemes() {
-        let sources = Sources::new(Vec::new(), None, true).unwrap();
+        let sources = Sources::new(Vec::new(), None, true, SourcePolicy::default()).unwrap();
         let err = SourceUrl::parse("not a url").err().unwrap();
         assert!(matches!(err, SourceError::InvalidUrl { .. }), "{err}");
         assert!(err.to_string().contains("\"not a url\""), "{err}");

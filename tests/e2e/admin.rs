@@ -303,6 +303,7 @@ async fn relative_root_still_gives_absolute_paths() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_assetd"))
         .current_dir(dir.path())
         .args(["--root", "relroot", "--socket", "rel.sock"])
+        .args(crate::common::ALLOW_LOOPBACK)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

@@ -53,6 +53,7 @@ async fn a_dead_log_reader_breaks_no_request_and_no_shutdown() {
         .arg(dir.path().join("root"))
         .arg("--socket")
         .arg(&socket)
+        .args(crate::common::ALLOW_LOOPBACK)
         // Debug logs a line for hits too: every request writes to stderr.
         .env("RUST_LOG", "debug")
         .env_remove("STORAGE_EMULATOR_HOST")

@@ -291,6 +291,7 @@ impl Umasked {
             .arg(root)
             .arg("--socket")
             .arg(&socket)
+            .args(crate::common::ALLOW_LOOPBACK)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

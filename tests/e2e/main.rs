@@ -15,5 +15,6 @@ mod hostile_store;
 mod lifecycle;
 mod oracle;
 mod pipeline;
+mod policy;
 mod seams;
 mod shutdown;

@@ -92,6 +92,7 @@ async fn run_serves_a_listener_it_is_handed_until_told_to_stop() {
     let mut config = assetd::config::Config::default();
     config.store.root = dir.path().join("root");
     config.server.socket = socket.clone();
+    config.sources.allow_source = vec![crate::common::ALLOW_LOOPBACK[1].parse().unwrap()];
     let config = config.validate().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(assetd::daemon::run(

@@ -29,7 +29,14 @@ pub struct TestDaemon {
     child: Option<Child>,
     log: PathBuf,
     env: Vec<(String, String)>,
+    /// Flags every start gets before the test's own: [`ALLOW_LOOPBACK`]
+    /// unless started with [`TestDaemon::start_strict`].
+    base_args: Vec<String>,
 }
+
+/// What every [`TestDaemon`] gets unless strict: the tests' peers all
+/// listen on 127.0.0.1, which the source policy refuses by default.
+pub const ALLOW_LOOPBACK: [&str; 2] = ["--allow-source", "127.0.0.0/8"];
 
 impl TestDaemon {
     pub fn start() -> TestDaemon {
@@ -51,7 +58,22 @@ impl TestDaemon {
         TestDaemon::start_full(Some(root), args, &[])
     }
 
+    /// Starts without [`ALLOW_LOOPBACK`]: the source policy's defaults and
+    /// `args` only.
+    pub fn start_strict(args: &[&str]) -> TestDaemon {
+        TestDaemon::start_base(None, &[], args, &[])
+    }
+
     fn start_full(root: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> TestDaemon {
+        TestDaemon::start_base(root, &ALLOW_LOOPBACK, args, env)
+    }
+
+    fn start_base(
+        root: Option<&Path>,
+        base_args: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = root.map_or_else(|| dir.path().join("root"), Path::to_owned);
         let socket = dir.path().join("run").join("assetd.sock");
@@ -64,6 +86,7 @@ impl TestDaemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            base_args: base_args.iter().map(|a| a.to_string()).collect(),
             _dir: dir,
         };
         daemon.spawn(args);
@@ -78,7 +101,9 @@ impl TestDaemon {
 
     fn spawn(&mut self, args: &[&str]) {
         let logged = fs::metadata(&self.log).map_or(0, |m| m.len());
-        let child = daemon_command(&self.root, &self.socket, args, &self.log)
+        let mut all: Vec<&str> = self.base_args.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        let child = daemon_command(&self.root, &self.socket, &all, &self.log)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .spawn()
             .expect("spawn assetd");
@@ -426,6 +451,46 @@ pub async fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> 
     while !done() {
         assert!(Instant::now() < deadline, "{what}: not within {within:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A TCP listener on 127.0.0.1 that counts the connections made to it
+/// (and closes them): for asserting that nothing was connected to.
+pub struct AcceptCounter {
+    pub port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AcceptCounter {
+    pub async fn start() -> AcceptCounter {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            while listener.accept().await.is_ok() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        AcceptCounter {
+            port,
+            accepted,
+            task,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for AcceptCounter {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
