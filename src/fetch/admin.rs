@@ -112,6 +112,12 @@ impl Fetcher {
         self.blocking(|store| store.flush_uses()).await
     }
 
+    /// Whether the metadata store takes writes: calls that pin, release or
+    /// record fail while it does not. Memory only.
+    pub fn metadata_writable(&self) -> bool {
+        self.inner.store.meta_writable()
+    }
+
     /// How many assets and bytes are cached. Memory only.
     pub fn totals(&self) -> (usize, u64) {
         self.inner.store.totals()

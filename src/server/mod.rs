@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use tonic::transport::Server;
 
@@ -73,6 +74,41 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Time between looks at whether the metadata store takes writes.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps the Assets service's health in step with the metadata store:
+/// `NOT_SERVING` while it takes no writes (a full disk, say; the calls that
+/// need it fail then), `SERVING` again once it does. Stops when `stop`
+/// fires.
+async fn watch_metadata(
+    fetcher: Fetcher,
+    health: tonic_health::server::HealthReporter,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(HEALTH_EVERY);
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let writable = fetcher.metadata_writable();
+        if writable == serving {
+            continue;
+        }
+        serving = writable;
+        if serving {
+            health.set_serving::<AssetsServer<AssetsService>>().await;
+        } else {
+            tracing::warn!("metadata store not writable: health is NOT_SERVING until it is");
+            health
+                .set_not_serving::<AssetsServer<AssetsService>>()
+                .await;
+        }
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` completes: then health
 /// flips to `NOT_SERVING`, no new connection is taken, and calls in flight
 /// get [`SHUTDOWN_GRACE`] to finish. The socket file goes with `listener`.
@@ -97,9 +133,17 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let shown = listener.path().map(|p| p.display().to_string());
     tracing::info!(socket = shown.as_deref().unwrap_or("inherited"), "serving");
+    let watching = CancellationToken::new();
+    tokio::spawn(watch_metadata(
+        fetcher.clone(),
+        health.clone(),
+        watching.clone(),
+    ));
     let (stopping, stopped) = oneshot::channel();
     let shutdown = async move {
         shutdown.await;
+        // INVARIANT: the watch stops first, so it can't flip health back.
+        watching.cancel();
         // INVARIANT: NOT_SERVING before the listener closes, so a health
         // check on an open connection sees the daemon going.
         health

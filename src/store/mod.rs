@@ -329,6 +329,12 @@ impl Store {
 }
 
 impl Store {
+    /// Whether `meta.redb` takes writes (false after a failed write, until
+    /// [`Store::heal_meta`] succeeds). Memory only.
+    pub fn meta_writable(&self) -> bool {
+        !self.meta.is_broken()
+    }
+
     /// After a failed metadata write, reopens `meta.redb` and rewrites it
     /// from the index (memory is the daemon's truth while it runs, so
     /// nothing it holds is lost); does nothing while the database is sound.

@@ -5,6 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
 use assetd::proto::{
     DeleteRequest, FetchRequest, GcRequest, ListRequest, ReleaseLeaseRequest, StatRequest,
 };
@@ -218,6 +222,32 @@ async fn a_full_disk_fails_metadata_calls_until_space_is_freed_then_all_work_wit
         .into_inner();
     assert!(hit.cache_hit);
     assert_eq!(std::fs::read(&hit.path).expect("read blob"), first);
+    // Health says so, for the service whose calls fail.
+    let health = |want: ServingStatus| {
+        let socket = daemon.socket.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let status = HealthClient::new(crate::common::channel(&socket).await)
+                    .check(HealthCheckRequest {
+                        service: "assetd.v1.Assets".into(),
+                    })
+                    .await
+                    .expect("health check")
+                    .into_inner()
+                    .status;
+                if status == want as i32 {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "health is not {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    health(ServingStatus::NotServing).await;
 
     // Space comes back: without a restart every call works again.
     std::fs::remove_file(&filler).expect("remove filler");
@@ -237,6 +267,7 @@ async fn a_full_disk_fails_metadata_calls_until_space_is_freed_then_all_work_wit
         .asset
         .expect("an asset");
     assert_eq!(leases(&stat), vec!["sandbox-2"]);
+    health(ServingStatus::Serving).await;
     let all = listed(&daemon, ListRequest::default()).await;
     assert!(
         all.contains(&first_digest) && all.contains(&second_digest),
