@@ -10,14 +10,18 @@
 //! # Layout
 //!
 //! - [`digest`]: `sha256:<hex>` parsed once into a [`digest::Digest`].
-//! - [`config`]: the daemon's typed configuration and its defaults.
-//! - [`store`]: the on-disk cache: ingest (limit, hash, temp file), commit,
-//!   lookup, list, delete, startup sweep. Knows nothing of networks.
-//! - [`source`]: one module per URL scheme behind the [`source::Source`] trait.
+//! - [`config`]: one serde tree, a section per component, validated once.
+//! - [`store`]: the on-disk cache behind an in-memory index: ingest (limit,
+//!   hash, temp file), commit, pins, delete, eviction, verify, `meta.redb`,
+//!   layout checks. Knows nothing of networks.
+//! - [`source`]: one module per URL scheme behind the [`source::Source`]
+//!   trait, and the source policy (which addresses callers' URLs may reach).
 //!   Knows nothing of disk.
-//! - [`fetch`]: joins a source to the store under the limits.
-//! - [`server`]: the tonic edge on a unix socket; maps errors to statuses once.
-//! - [`daemon`]: wires them together and runs until shutdown.
+//! - [`fetch`]: the only door to the store: single flight, transfers,
+//!   limits (per user too), prewarm, upkeep.
+//! - [`server`]: the tonic edge on a unix socket: requests parsed once with
+//!   the caller's role, errors mapped to statuses once.
+//! - [`daemon`]: wires them together; `run(listener, config, shutdown)`.
 //! - [`proto`]: the generated `assetd.v1` messages, server and client.
 
 pub mod config;
