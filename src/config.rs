@@ -32,6 +32,9 @@ pub const DEFAULT_MAX_PER_UID: usize = 4;
 /// channel multiplexes every call), few enough that one user can't take the
 /// daemon's file descriptors.
 pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 64;
+/// Time a client has to send the HTTP/2 preface: ample for any client on
+/// the same node, short enough that silent connections don't pile up.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tries per URL (the count starts over whenever a try made progress).
 pub const DEFAULT_ATTEMPTS: u32 = 5;
 /// No bytes for this long is a failure: long enough for a slow CDN's first
@@ -78,6 +81,9 @@ pub struct ServerConfig {
     /// Open connections one user may have (root and the daemon's user
     /// exempt); more are closed at once.
     pub max_connections_per_uid: usize,
+    /// A connection whose HTTP/2 preface has not arrived in this long is
+    /// closed.
+    pub handshake_timeout: Seconds,
 }
 
 /// The on-disk store.
@@ -174,6 +180,7 @@ impl Default for ServerConfig {
         ServerConfig {
             socket: default_paths().1,
             max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
+            handshake_timeout: Seconds(DEFAULT_HANDSHAKE_TIMEOUT),
         }
     }
 }
@@ -457,6 +464,7 @@ impl Config {
             return Err(ConfigError::ZeroMaxSize);
         }
         for (what, d) in [
+            ("server.handshake_timeout", self.server.handshake_timeout),
             ("cache.gc_interval", self.cache.gc_interval),
             ("fetch.stall_timeout", self.fetch.stall_timeout),
         ] {

@@ -63,6 +63,10 @@ struct Args {
     /// exempt); more are closed at once [default: 64]
     #[arg(long)]
     max_connections_per_uid: Option<usize>,
+    /// A connection that has not sent the HTTP/2 preface in this long is
+    /// closed [default: 10s]
+    #[arg(long)]
+    handshake_timeout: Option<Seconds>,
     /// Tries per URL before the next mirror (starts over after progress) [default: 5]
     #[arg(long)]
     attempts: Option<u32>,
@@ -108,6 +112,7 @@ impl Args {
             &mut config.server.max_connections_per_uid,
             self.max_connections_per_uid,
         );
+        set(&mut config.server.handshake_timeout, self.handshake_timeout);
         if !self.file_roots.is_empty() {
             config.sources.file_roots = self.file_roots;
         }

@@ -1,6 +1,8 @@
 //! Accepting connections: at most so many open connections per user (admins
-//! exempt), and a pause after an accept error (the file-descriptor limit,
-//! say) instead of a spin at 100% CPU.
+//! exempt), a pause after an accept error (the file-descriptor limit, say)
+//! instead of a spin at 100% CPU, and a deadline for the client's HTTP/2
+//! preface. A connection that has spoken is kept alive by HTTP/2 pings (see
+//! [`super::serve`]): one whose peer stops answering them is closed.
 
 use std::collections::HashMap;
 use std::io;
@@ -48,6 +50,7 @@ impl Drop for Slot {
 pub(super) fn incoming(
     listener: UnixListener,
     per_uid: usize,
+    handshake_timeout: Duration,
 ) -> impl Stream<Item = io::Result<FixAuthority>> {
     let counts: Counts = Arc::default();
     let warned = Arc::new(Warned::default());
@@ -58,7 +61,9 @@ pub(super) fn incoming(
                 match listener.accept().await {
                     Ok((stream, _)) => match admit(&stream, &counts, per_uid) {
                         Ok(slot) => {
-                            let conn = FixAuthority::new(stream).with_slot(slot);
+                            let conn = FixAuthority::new(stream)
+                                .with_slot(slot)
+                                .with_handshake_timeout(handshake_timeout);
                             return Some((Ok(conn), listener));
                         }
                         Err(uid) => warned.warn(|| {

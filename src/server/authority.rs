@@ -20,6 +20,7 @@
 //! index, or anything that fails to parse passes through unchanged, for h2
 //! to reject as before.
 
+use std::future::Future as _;
 use std::io;
 use std::ops::Range;
 use std::pin::Pin;
@@ -60,6 +61,9 @@ pub struct FixAuthority {
     parsed: BytesMut,
     /// The connection's place in its user's count, released on drop.
     _slot: Option<super::accept::Slot>,
+    /// When a client that has not sent the HTTP/2 preface yet is cut off:
+    /// a connection that never speaks must not hold a slot for ever.
+    handshake: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl FixAuthority {
@@ -70,7 +74,15 @@ impl FixAuthority {
             state: State::Preface(0),
             parsed: BytesMut::new(),
             _slot: None,
+            handshake: None,
         }
+    }
+
+    /// The same, read as ended if the preface has not arrived within
+    /// `timeout`.
+    pub(super) fn with_handshake_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.handshake = Some(Box::pin(tokio::time::sleep(timeout)));
+        self
     }
 
     /// The same, holding `slot` for as long as the connection is open.
@@ -96,6 +108,14 @@ impl AsyncRead for FixAuthority {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(deadline) = &mut this.handshake {
+            if !matches!(this.state, State::Preface(_)) {
+                this.handshake = None;
+            } else if deadline.as_mut().poll(cx).is_ready() {
+                // No preface in time: the connection reads as ended.
+                return Poll::Ready(Ok(()));
+            }
+        }
         while this.parsed.is_empty() && buf.remaining() > 0 {
             if matches!(this.state, State::PassThrough) {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);

@@ -74,6 +74,11 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Time between HTTP/2 pings on an open connection.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(30);
+/// A ping unanswered this long closes the connection.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Time between looks at whether the metadata store takes writes.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
@@ -156,8 +161,15 @@ pub async fn serve(
     };
     // Every connection goes through FixAuthority so that grpcurl 1.8.6 works
     // with an absolute socket path.
-    let incoming = accept::incoming(unix, config.max_connections_per_uid);
+    let incoming = accept::incoming(
+        unix,
+        config.max_connections_per_uid,
+        config.handshake_timeout.0,
+    );
     let serving = Server::builder()
+        // A peer that stops answering pings (gone, or hostile) is closed.
+        .http2_keepalive_interval(Some(KEEPALIVE_EVERY))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -8,6 +8,14 @@ use crate::common::{
     TestDaemon, as_nobody, digest_of, fetch_req, random_bytes, root_or_skip, wait_until,
 };
 
+/// A python3 that uid 65534 may run (a pyenv shim under /root is not).
+fn python() -> &'static str {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("python3")
+}
+
 /// `assetctl fetch` as uid/gid 65534 (nobody), in the background.
 fn fetch_as_nobody(daemon: &TestDaemon, url: &str, digest: &str) -> Child {
     as_nobody(env!("CARGO_BIN_EXE_assetctl"))
@@ -115,12 +123,7 @@ for s in conns:
         closed += 1
 print(admitted, closed)
 "#;
-    // A python3 that uid 65534 may run (a pyenv shim under /root is not).
-    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("python3");
-    let out = as_nobody(python)
+    let out = as_nobody(python())
         .arg("-c")
         .arg(script)
         .arg(socket)
@@ -160,4 +163,49 @@ async fn one_user_cannot_hold_every_connection() {
         .unwrap();
     assert!(listed.into_inner().assets.is_empty());
     assert!(daemon.log().contains("connection refused"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_speaks_is_closed() {
+    if !root_or_skip() {
+        return;
+    }
+    let daemon = TestDaemon::start_with(&[
+        "--handshake-timeout",
+        "1s",
+        "--max-connections-per-uid",
+        "1",
+    ]);
+    daemon.open_to_everyone();
+    // Connects, sends nothing, and reads until the daemon closes; prints
+    // the seconds that took.
+    let script = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.settimeout(15)
+start = time.monotonic()
+try:
+    while s.recv(4096):
+        pass
+except socket.timeout:
+    print("open")
+    sys.exit(0)
+print(time.monotonic() - start)
+"#;
+    let out = as_nobody(python())
+        .arg("-c")
+        .arg(script)
+        .arg(&daemon.socket)
+        .output()
+        .expect("setpriv python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{text} {}", String::from_utf8_lossy(&out.stderr)));
+    assert!((0.8..8.0).contains(&secs), "closed after {secs} s");
+    // Its slot was given back: the user (capped at one connection) is
+    // admitted again.
+    assert_eq!(connections_as_nobody(&daemon.socket, 1), (1, 0));
 }
