@@ -15,7 +15,7 @@
 //! same Application Default Credentials chain Google's own tools use.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use base64::Engine as _;
@@ -27,6 +27,7 @@ use tokio_stream::{Stream, StreamExt as _};
 use url::Url;
 
 use super::policy::SourcePolicy;
+
 use super::{ByteStream, OpenFuture, Opened, Resume, Source, SourceError};
 
 /// The public endpoint, when no emulator is configured.
@@ -38,10 +39,10 @@ const READ_ONLY_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_o
 enum Auth {
     /// Emulator, or public buckets by choice.
     Anonymous,
-    /// Application Default Credentials.
-    Adc(Credentials),
-    /// ADC could not be set up; every request fails with this reason.
-    Missing(String),
+    /// Application Default Credentials, made on first use: off GCP, a
+    /// daemon that never reads `gs://` never looks for a metadata server.
+    /// `Err` holds why they could not be set up; every request fails so.
+    Adc(OnceLock<Result<Credentials, String>>),
 }
 
 /// Reads objects from GCS or an emulator.
@@ -81,7 +82,7 @@ impl GcsSource {
             Some(host) if host.contains("://") => (host.to_owned(), Auth::Anonymous),
             Some(host) => (format!("http://{host}"), Auth::Anonymous),
             None if anonymous => (GCS_ENDPOINT.to_owned(), Auth::Anonymous),
-            None => (GCS_ENDPOINT.to_owned(), adc()),
+            None => (GCS_ENDPOINT.to_owned(), Auth::Adc(OnceLock::new())),
         };
         let endpoint = Url::parse(&endpoint).map_err(|e| SourceError::InvalidUrl {
             url: endpoint.clone(),
@@ -233,8 +234,10 @@ impl GcsSource {
     ) -> impl Future<Output = Result<reqwest::RequestBuilder, SourceError>> + Send + use<> {
         let credentials = match &self.auth {
             Auth::Anonymous => Ok(None),
-            Auth::Adc(c) => Ok(Some(c.clone())),
-            Auth::Missing(reason) => Err(no_credentials(url, reason)),
+            Auth::Adc(made) => match made.get_or_init(adc) {
+                Ok(c) => Ok(Some(c.clone())),
+                Err(reason) => Err(no_credentials(url, reason)),
+            },
         };
         let url = url.clone();
         async move {
@@ -377,14 +380,11 @@ impl ObjectRef {
     }
 }
 
-fn adc() -> Auth {
-    let built = credentials::Builder::default()
+fn adc() -> Result<Credentials, String> {
+    credentials::Builder::default()
         .with_scopes([READ_ONLY_SCOPE])
-        .build();
-    match built {
-        Ok(credentials) => Auth::Adc(credentials),
-        Err(e) => Auth::Missing(e.to_string()),
-    }
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 fn no_credentials(url: &Url, reason: &str) -> SourceError {

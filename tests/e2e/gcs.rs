@@ -242,3 +242,25 @@ async fn gcs_transfer_cut_midway_resumes_on_the_same_generation() {
     );
     assert_eq!(gcs.media_requests(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_daemon_looks_for_no_credentials() {
+    // Without GOOGLE_APPLICATION_CREDENTIALS, Application Default
+    // Credentials would ask the metadata server; they are made on the first
+    // gs:// fetch, not at start.
+    if std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS").is_some() {
+        eprintln!("SKIPPED: GOOGLE_APPLICATION_CREDENTIALS is set");
+        return;
+    }
+    let daemon = TestDaemon::start_with_env(&[], &[("RUST_LOG", "debug")]);
+    daemon
+        .client()
+        .await
+        .list(assetd::proto::ListRequest::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let log = daemon.log();
+    assert!(log.contains("serving"), "{log}");
+    assert!(!log.contains("metadata.google.internal"), "{log}");
+}
