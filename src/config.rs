@@ -50,6 +50,16 @@ pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(60);
 /// file it was given, short enough not to pin a full cache.
 pub const DEFAULT_UNLEASED_GRACE: Duration = Duration::from_secs(60);
 
+/// The longest a lease of a caller that is not an admin pins an asset: a
+/// day outlives any sandbox, and a pin its holder forgot lapses by itself.
+pub const DEFAULT_MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Lease pins one user (not an admin) may hold at once: far more than a
+/// node's sandboxes use, few enough that one user can't pin the cache.
+pub const DEFAULT_MAX_LEASES_PER_UID: usize = 1024;
+/// Prewarm assets one user (not an admin) may have queued or running at
+/// once: a node baseline fits, a flood of batches doesn't.
+pub const DEFAULT_MAX_PREWARM_PER_UID: usize = 256;
+
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -101,6 +111,11 @@ pub struct CacheConfig {
     /// How long a path handed out without a lease is kept from eviction,
     /// unless the free-space floor is at stake.
     pub unleased_grace: Seconds,
+    /// The longest a lease of a caller that is not an admin holds: a longer
+    /// TTL, or none, is cut to this; 0 for no cap.
+    pub max_lease_ttl: Seconds,
+    /// Lease pins one user may hold (admins exempt); more are refused.
+    pub max_leases_per_uid: usize,
 }
 
 /// Transfers: limits, retries, slots.
@@ -125,6 +140,9 @@ pub struct FetchConfig {
     pub min_rate: ByteSize,
     /// Free space to keep on the store's file system.
     pub reserve_free: ByteSize,
+    /// Prewarm assets one user may have queued or running (admins exempt);
+    /// a batch that would pass it is refused whole.
+    pub max_prewarm_per_uid: usize,
 }
 
 /// What the sources may read and how they authenticate.
@@ -193,6 +211,8 @@ impl Default for CacheConfig {
             min_free: MinFree::None,
             gc_interval: Seconds(DEFAULT_GC_INTERVAL),
             unleased_grace: Seconds(DEFAULT_UNLEASED_GRACE),
+            max_lease_ttl: Seconds(DEFAULT_MAX_LEASE_TTL),
+            max_leases_per_uid: DEFAULT_MAX_LEASES_PER_UID,
         }
     }
 }
@@ -208,6 +228,7 @@ impl Default for FetchConfig {
             stall_timeout: Seconds(DEFAULT_STALL_TIMEOUT),
             min_rate: ByteSize(DEFAULT_MIN_RATE),
             reserve_free: ByteSize(DEFAULT_RESERVE_FREE),
+            max_prewarm_per_uid: DEFAULT_MAX_PREWARM_PER_UID,
         }
     }
 }
@@ -468,6 +489,8 @@ impl Config {
             ("fetch.max_transfers", self.fetch.max_transfers),
             ("fetch.max_per_host", self.fetch.max_per_host),
             ("fetch.max_per_uid", self.fetch.max_per_uid),
+            ("fetch.max_prewarm_per_uid", self.fetch.max_prewarm_per_uid),
+            ("cache.max_leases_per_uid", self.cache.max_leases_per_uid),
             (
                 "server.max_connections_per_uid",
                 self.server.max_connections_per_uid,
