@@ -704,6 +704,22 @@ max_size = \"lots\"
     }
 
     #[test]
+    fn lease_and_prewarm_caps_load_and_a_zero_count_is_refused() {
+        let text = "[cache]\nmax_lease_ttl = \"0s\"\nmax_leases_per_uid = 3\n\
+                    [fetch]\nmax_prewarm_per_uid = 5\n";
+        let config: Config = toml::from_str(text).unwrap();
+        assert!(config.cache.max_lease_ttl.0.is_zero(), "0: no TTL cap");
+        assert_eq!(config.cache.max_leases_per_uid, 3);
+        assert_eq!(config.fetch.max_prewarm_per_uid, 5);
+        let defaults = Config::default();
+        assert_eq!(defaults.cache.max_lease_ttl.0, DEFAULT_MAX_LEASE_TTL);
+        let mut zero = Config::default();
+        zero.cache.max_leases_per_uid = 0;
+        let err = zero.validate().unwrap_err();
+        assert!(err.to_string().contains("max_leases_per_uid"), "{err}");
+    }
+
+    #[test]
     fn tree_round_trips_through_toml() {
         let mut config = Config::default();
         config.cache.max_cache_bytes = ByteSize(3 << 30);

@@ -177,3 +177,28 @@ impl Fetcher {
         waiting.finish().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_queued_assets_are_capped_and_given_back_when_done() {
+        let queued = Queued::default();
+        let first = queued.reserve(1000, 2, 3).unwrap();
+        let err = queued.reserve(1000, 2, 3).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "uid 1000 has 2 prewarm assets queued or running; 2 more would pass \
+             the cap of 3 (--max-prewarm-per-uid)"
+        );
+        let other = queued.reserve(1001, 3, 3).unwrap();
+        assert_eq!(other.len(), 3, "another user has its own count");
+        drop(first);
+        assert_eq!(queued.reserve(1000, 3, 3).unwrap().len(), 3);
+        assert!(
+            queued.0.lock().unwrap().get(&1000).is_none(),
+            "all given back"
+        );
+    }
+}
