@@ -53,6 +53,16 @@ pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(60);
 /// file it was given, short enough not to pin a full cache.
 pub const DEFAULT_UNLEASED_GRACE: Duration = Duration::from_secs(60);
 
+/// The longest a lease of a caller that is not an admin pins an asset: a
+/// day outlives any sandbox, and a pin its holder forgot lapses by itself.
+pub const DEFAULT_MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Lease pins one user (not an admin) may hold at once: far more than a
+/// node's sandboxes use, few enough that one user can't pin the cache.
+pub const DEFAULT_MAX_LEASES_PER_UID: usize = 1024;
+/// Prewarm assets one user (not an admin) may have queued or running at
+/// once: a node baseline fits, a flood of batches doesn't.
+pub const DEFAULT_MAX_PREWARM_PER_UID: usize = 256;
+
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -107,6 +117,11 @@ pub struct CacheConfig {
     /// How long a path handed out without a lease is kept from eviction,
     /// unless the free-space floor is at stake.
     pub unleased_grace: Seconds,
+    /// The longest a lease of a caller that is not an admin holds: a longer
+    /// TTL, or none, is cut to this; 0 for no cap.
+    pub max_lease_ttl: Seconds,
+    /// Lease pins one user may hold (admins exempt); more are refused.
+    pub max_leases_per_uid: usize,
 }
 
 /// Transfers: limits, retries, slots.
@@ -131,6 +146,9 @@ pub struct FetchConfig {
     pub min_rate: ByteSize,
     /// Free space to keep on the store's file system.
     pub reserve_free: ByteSize,
+    /// Prewarm assets one user may have queued or running (admins exempt);
+    /// a batch that would pass it is refused whole.
+    pub max_prewarm_per_uid: usize,
 }
 
 /// What the sources may read and how they authenticate.
@@ -200,6 +218,8 @@ impl Default for CacheConfig {
             min_free: MinFree::None,
             gc_interval: Seconds(DEFAULT_GC_INTERVAL),
             unleased_grace: Seconds(DEFAULT_UNLEASED_GRACE),
+            max_lease_ttl: Seconds(DEFAULT_MAX_LEASE_TTL),
+            max_leases_per_uid: DEFAULT_MAX_LEASES_PER_UID,
         }
     }
 }
@@ -215,6 +235,7 @@ impl Default for FetchConfig {
             stall_timeout: Seconds(DEFAULT_STALL_TIMEOUT),
             min_rate: ByteSize(DEFAULT_MIN_RATE),
             reserve_free: ByteSize(DEFAULT_RESERVE_FREE),
+            max_prewarm_per_uid: DEFAULT_MAX_PREWARM_PER_UID,
         }
     }
 }
@@ -476,6 +497,8 @@ impl Config {
             ("fetch.max_transfers", self.fetch.max_transfers),
             ("fetch.max_per_host", self.fetch.max_per_host),
             ("fetch.max_per_uid", self.fetch.max_per_uid),
+            ("fetch.max_prewarm_per_uid", self.fetch.max_prewarm_per_uid),
+            ("cache.max_leases_per_uid", self.cache.max_leases_per_uid),
             (
                 "server.max_connections_per_uid",
                 self.server.max_connections_per_uid,
@@ -686,6 +709,22 @@ max_size = \"lots\"
         let err =
             toml::from_str::<Config>("[sources]\nallow_source = [\"10.0.0.0/33\"]\n").unwrap_err();
         assert!(err.to_string().contains("\"10.0.0.0/33\""), "{err}");
+    }
+
+    #[test]
+    fn lease_and_prewarm_caps_load_and_a_zero_count_is_refused() {
+        let text = "[cache]\nmax_lease_ttl = \"0s\"\nmax_leases_per_uid = 3\n\
+                    [fetch]\nmax_prewarm_per_uid = 5\n";
+        let config: Config = toml::from_str(text).unwrap();
+        assert!(config.cache.max_lease_ttl.0.is_zero(), "0: no TTL cap");
+        assert_eq!(config.cache.max_leases_per_uid, 3);
+        assert_eq!(config.fetch.max_prewarm_per_uid, 5);
+        let defaults = Config::default();
+        assert_eq!(defaults.cache.max_lease_ttl.0, DEFAULT_MAX_LEASE_TTL);
+        let mut zero = Config::default();
+        zero.cache.max_leases_per_uid = 0;
+        let err = zero.validate().unwrap_err();
+        assert!(err.to_string().contains("max_leases_per_uid"), "{err}");
     }
 
     #[test]

@@ -92,6 +92,18 @@ struct Args {
     /// unless the free-space floor is at stake (0 for none) [default: 60s]
     #[arg(long)]
     unleased_grace: Option<Seconds>,
+    /// The longest a lease of a non-admin caller holds: a longer TTL, or
+    /// none, is cut to this (0: no cap) [default: 1440m, a day]
+    #[arg(long)]
+    max_lease_ttl: Option<Seconds>,
+    /// Lease pins one user may hold (root and the daemon's user exempt)
+    /// [default: 1024]
+    #[arg(long)]
+    max_leases_per_uid: Option<usize>,
+    /// Prewarm assets one user may have queued or running (root and the
+    /// daemon's user exempt) [default: 256]
+    #[arg(long)]
+    max_prewarm_per_uid: Option<usize>,
     /// Free space to keep on the store's file system, for logs and the node's
     /// other work [default: 512MiB]
     #[arg(long)]
@@ -141,6 +153,9 @@ impl Args {
         set(&mut cache.min_free, self.min_free);
         set(&mut cache.gc_interval, self.gc_interval);
         set(&mut cache.unleased_grace, self.unleased_grace);
+        set(&mut cache.max_lease_ttl, self.max_lease_ttl);
+        set(&mut cache.max_leases_per_uid, self.max_leases_per_uid);
+        set(&mut fetch.max_prewarm_per_uid, self.max_prewarm_per_uid);
         config
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{FetchError, Fetcher, Inner};
+use super::{Caller, FetchError, Fetcher, Inner};
 use crate::config::MinFree;
 use crate::digest::Digest;
 use crate::store::{AssetInfo, Blob, Corrupt, EvictPolicy, ListQuery};
@@ -65,9 +65,13 @@ impl Fetcher {
             .await
     }
 
-    /// Drops every pin of `lease`; returns how many assets it held.
-    pub async fn release(&self, lease: String) -> Result<usize, FetchError> {
-        self.blocking(move |store| store.release(&lease)).await
+    /// Drops `caller`'s pins of `lease` (an admin's: everyone's pins of
+    /// that name); returns how many. A lease name is scoped to its owner:
+    /// other users' pins of the same name are neither touched nor counted.
+    pub async fn release(&self, lease: String, caller: Caller) -> Result<usize, FetchError> {
+        let owner = (!caller.admin).then_some(caller.uid);
+        self.blocking(move |store| store.release(&lease, owner))
+            .await
     }
 
     /// Drops lapsed pins, then evicts until the cache is within its limits

@@ -146,6 +146,22 @@ pub enum FetchError {
         /// The digest.
         digest: Digest,
     },
+    /// A prewarm would take a user's queued and running prewarm assets past
+    /// its cap; nothing of the batch was queued.
+    #[error(
+        "uid {uid} has {queued} prewarm assets queued or running; {asked} more would pass \
+         the cap of {cap} (--max-prewarm-per-uid)"
+    )]
+    TooManyPrewarms {
+        /// The user.
+        uid: u32,
+        /// Its assets queued or running.
+        queued: usize,
+        /// The assets of the refused batch.
+        asked: usize,
+        /// The cap.
+        cap: usize,
+    },
     /// The shared transfer this caller waited on failed.
     #[error(transparent)]
     Transfer(Arc<FetchError>),
@@ -276,6 +292,8 @@ struct Inner {
     limits: Limits,
     flights: Flights,
     lifetime: Lifetime,
+    /// Prewarm assets queued or running, per uid (non-admins only).
+    prewarms: prewarm::Queued,
 }
 
 /// Fetches assets into the store and answers for it. Cheap to clone.
@@ -323,6 +341,7 @@ impl Fetcher {
             limits,
             flights: Flights::default(),
             lifetime,
+            prewarms: prewarm::Queued::default(),
         };
         Fetcher {
             inner: Arc::new(inner),
@@ -432,19 +451,29 @@ impl Fetcher {
         Ok(result?.map(|blob| Fetched { blob, cache_hit }))
     }
 
-    /// Pins `want`'s lease on `blob`, if it has one; `Ok(None)` when the
-    /// asset is no longer cached.
+    /// Pins `want`'s lease on `blob` for its caller, if it has one;
+    /// `Ok(None)` when the asset is no longer cached. A caller that is not
+    /// an admin has its TTL cut to `cache.max_lease_ttl` and may hold at
+    /// most `cache.max_leases_per_uid` pins ([`StoreError::TooManyLeases`],
+    /// the asset stays cached but unpinned).
     async fn pin(&self, want: &Want, blob: Blob) -> Result<Option<Blob>, FetchError> {
         let Some(lease) = &want.lease else {
             return Ok(Some(blob));
         };
-        let expires = lease.ttl.map(|ttl| {
+        let caller = want.caller;
+        let cache = &self.inner.cache;
+        let ttl = match cache.max_lease_ttl.0 {
+            max if caller.admin || max.is_zero() => lease.ttl,
+            max => Some(lease.ttl.map_or(max, |ttl| ttl.min(max))),
+        };
+        let expires = ttl.map(|ttl| {
             let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
             crate::store::now_ms().saturating_add(ms)
         });
+        let cap = (!caller.admin).then_some(cache.max_leases_per_uid);
         let (digest, name) = (want.digest, lease.name.clone());
         let pinned = self
-            .blocking(move |store| store.pin(&digest, &name, expires))
+            .blocking(move |store| store.pin(&digest, &name, caller.uid, expires, cap))
             .await?;
         Ok(pinned.then_some(blob))
     }

@@ -135,7 +135,7 @@ impl proto::assets_server::Assets for AssetsService {
         let lease = request::lease(request.into_inner().lease)?;
         let released = self
             .fetcher
-            .release(lease.clone())
+            .release(lease.clone(), caller)
             .await
             .map_err(|e| status(&e))?;
         span("ReleaseLease", &caller)
@@ -216,7 +216,10 @@ impl proto::assets_server::Assets for AssetsService {
         };
         span("Prewarm", &caller)
             .in_scope(|| tracing::info!(assets = wants.len(), concurrency, "prewarm"));
-        let events = self.fetcher.prewarm(wants, concurrency);
+        let events = self
+            .fetcher
+            .prewarm(caller, wants, concurrency)
+            .map_err(|e| status(&e))?;
         Ok(Response::new(progress::prewarm_events(
             events, digests, caller,
         )))

@@ -35,6 +35,7 @@ pub(super) fn asset(info: AssetInfo) -> proto::Asset {
             .map(|p| proto::LeaseHold {
                 lease: p.lease,
                 expires_unix_ms: p.expires.unwrap_or(0),
+                owner_uid: p.owner,
             })
             .collect(),
         ..bare_asset(info.blob)

@@ -77,7 +77,8 @@ fn code(err: &FetchError) -> Code {
         | FetchError::AssetTooLarge { .. }
         | FetchError::DeclaredTooLarge { .. }
         | FetchError::NeverFits { .. }
-        | FetchError::Evicted { .. } => Code::ResourceExhausted,
+        | FetchError::Evicted { .. }
+        | FetchError::TooManyPrewarms { .. } => Code::ResourceExhausted,
         FetchError::DeclaredSizeMismatch { .. } | FetchError::SizeMismatch { .. } => Code::DataLoss,
         FetchError::Stalled { .. } | FetchError::TooSlow { .. } | FetchError::ShuttingDown => {
             Code::Unavailable
@@ -105,7 +106,9 @@ fn source_code(err: &SourceError) -> Code {
 
 fn store_code(err: &StoreError) -> Code {
     match err {
-        StoreError::LimitExceeded { .. } | StoreError::NoSpace { .. } => Code::ResourceExhausted,
+        StoreError::LimitExceeded { .. }
+        | StoreError::NoSpace { .. }
+        | StoreError::TooManyLeases { .. } => Code::ResourceExhausted,
         StoreError::SizeMismatch { .. } | StoreError::DigestMismatch { .. } => Code::DataLoss,
         StoreError::NotCached { .. } => Code::NotFound,
         StoreError::Leased { .. } => Code::FailedPrecondition,

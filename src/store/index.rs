@@ -184,35 +184,48 @@ impl Index {
         self.entries.insert(digest, entry);
     }
 
-    /// Pins `digest` for `lease` until `expires`, replacing that lease's
-    /// earlier pin; false when it is not cached.
-    pub fn pin(&mut self, digest: &Digest, lease: &str, expires: Option<u64>) -> bool {
+    /// Pins `digest` for `owner`'s `lease` until `expires`, replacing that
+    /// lease's earlier pin; false when it is not cached.
+    pub fn pin(&mut self, digest: &Digest, lease: &str, owner: u32, expires: Option<u64>) -> bool {
         let Some(entry) = self.entries.get_mut(digest) else {
             return false;
         };
-        entry.pins.retain(|p| p.lease != lease);
+        entry.pins.retain(|p| !p.is(lease, owner));
         entry.pins.push(Pin {
             lease: lease.to_owned(),
+            owner,
             expires,
         });
         true
     }
 
-    /// Drops `lease`'s pin of `digest`, restoring `previous` (the pin it
-    /// replaced, if any): undoes a [`Index::pin`] that could not be made
-    /// durable.
-    pub fn unpin(&mut self, digest: &Digest, lease: &str, previous: Option<Pin>) {
+    /// Drops `owner`'s `lease` pin of `digest`, restoring `previous` (the
+    /// pin it replaced, if any): undoes a [`Index::pin`] that could not be
+    /// made durable.
+    pub fn unpin(&mut self, digest: &Digest, lease: &str, owner: u32, previous: Option<Pin>) {
         if let Some(entry) = self.entries.get_mut(digest) {
-            entry.pins.retain(|p| p.lease != lease);
+            entry.pins.retain(|p| !p.is(lease, owner));
             entry.pins.extend(previous);
         }
     }
 
-    /// Drops every pin of `lease`.
-    pub fn release(&mut self, lease: &str) {
+    /// Drops every pin of `lease` owned by `owner`, or by anyone when
+    /// `owner` is `None`.
+    pub fn release(&mut self, lease: &str, owner: Option<u32>) {
         for entry in self.entries.values_mut() {
-            entry.pins.retain(|p| p.lease != lease);
+            entry
+                .pins
+                .retain(|p| p.lease != lease || owner.is_some_and(|o| o != p.owner));
         }
+    }
+
+    /// How many pins `owner` holds at `now` (lapsed ones hold nothing).
+    pub fn pins_of(&self, owner: u32, now: u64) -> usize {
+        self.entries
+            .values()
+            .flat_map(|e| &e.pins)
+            .filter(|p| p.owner == owner && p.holds(now))
+            .count()
     }
 
     /// Drops the pins that lapsed by `now`; returns how many.
@@ -364,19 +377,19 @@ mod tests {
     #[test]
     fn eviction_order_is_least_recently_used_without_leased_or_kept() {
         let mut idx = index(&[(1, 10, 300), (2, 20, 100), (3, 30, 200), (4, 40, 50)]);
-        assert!(idx.pin(&d(4), "sandbox", None));
+        assert!(idx.pin(&d(4), "sandbox", 0, None));
         let keep = HashSet::from([d(3)]);
         let order = |idx: &Index| eviction_order(idx.eviction_candidates(&keep, 1000));
         assert_eq!(order(&idx), vec![(d(2), 20), (d(1), 10)]);
         // A lapsed pin no longer holds.
-        assert!(idx.pin(&d(4), "sandbox", Some(999)));
+        assert!(idx.pin(&d(4), "sandbox", 0, Some(999)));
         assert_eq!(order(&idx)[0], (d(4), 40));
     }
 
     #[test]
     fn a_pin_and_a_removal_exclude_each_other() {
         let mut idx = index(&[(1, 10, 0)]);
-        assert!(idx.pin(&d(1), "a", None));
+        assert!(idx.pin(&d(1), "a", 0, None));
         assert_eq!(
             idx.take(&d(1), EVICT, 0),
             Err(Refusal::Leased(vec!["a".into()]))
@@ -385,17 +398,17 @@ mod tests {
             idx.take(&d(1), Removal::Delete { force: false }, 0),
             Err(Refusal::Leased(vec!["a".into()]))
         );
-        idx.release("a");
+        idx.release("a", Some(0));
         assert!(idx.take(&d(1), EVICT, 0).is_ok());
         // Once taken, a pin finds nothing: the caller must fetch again.
-        assert!(!idx.pin(&d(1), "a", None));
+        assert!(!idx.pin(&d(1), "a", 0, None));
         assert!(idx.touch(&d(1), "", 0).is_none());
     }
 
     #[test]
     fn a_forced_delete_takes_a_leased_asset() {
         let mut idx = index(&[(1, 10, 0)]);
-        assert!(idx.pin(&d(1), "a", None));
+        assert!(idx.pin(&d(1), "a", 0, None));
         assert!(idx.take(&d(1), Removal::Delete { force: true }, 0).is_ok());
     }
 
@@ -415,11 +428,28 @@ mod tests {
     #[test]
     fn a_failed_durable_pin_is_undone_to_the_previous_one() {
         let mut idx = index(&[(1, 10, 0)]);
-        assert!(idx.pin(&d(1), "a", Some(5)));
+        assert!(idx.pin(&d(1), "a", 0, Some(5)));
         let previous = idx.get(&d(1)).unwrap().pins[0].clone();
-        assert!(idx.pin(&d(1), "a", None));
-        idx.unpin(&d(1), "a", Some(previous.clone()));
+        assert!(idx.pin(&d(1), "a", 0, None));
+        idx.unpin(&d(1), "a", 0, Some(previous.clone()));
         assert_eq!(idx.get(&d(1)).unwrap().pins, vec![previous]);
+    }
+
+    #[test]
+    fn a_release_takes_only_the_owners_pins_unless_by_an_admin() {
+        let mut idx = index(&[(1, 10, 0), (2, 10, 0)]);
+        assert!(idx.pin(&d(1), "x", 0, None));
+        assert!(idx.pin(&d(2), "x", 1000, None));
+        assert!(idx.pin(&d(2), "y", 1000, Some(5)));
+        assert_eq!(idx.pins_of(1000, 0), 2);
+        assert_eq!(idx.pins_of(1000, 5), 1, "a lapsed pin is not counted");
+        idx.release("x", Some(1000));
+        assert!(idx.get(&d(1)).unwrap().leased(0), "root's x stays");
+        assert_eq!(idx.pins_of(1000, 0), 1);
+        assert!(idx.pin(&d(2), "x", 1000, None));
+        idx.release("x", None);
+        assert_eq!(idx.pins_of(0, 0), 0);
+        assert_eq!(idx.pins_of(1000, 0), 1, "only y is left");
     }
 
     #[test]

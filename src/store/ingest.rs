@@ -367,7 +367,7 @@ mod tests {
         let first = ingest(&store, &bytes, digest(&bytes), None, u64::MAX)
             .await
             .unwrap();
-        assert!(store.pin(&first.digest, "sandbox", None).unwrap());
+        assert!(store.pin(&first.digest, "sandbox", 0, None, None).unwrap());
         let inode = fs::metadata(&first.path).unwrap().ino();
         let second = ingest(&store, &bytes, digest(&bytes), None, u64::MAX)
             .await

@@ -141,27 +141,44 @@ impl Store {
         (index.len(), index.bytes())
     }
 
-    /// Pins `digest` for `lease` until `expires` (Unix ms), or for ever, if it
-    /// is cached: `Ok(false)` when it is not (the caller fetches it again).
-    /// Once this returns `Ok(true)` no delete (short of a forced one) or
-    /// eviction removes the asset while the pin holds. Blocking: the pin is
-    /// durable when this returns.
+    /// Pins `digest` for `owner`'s `lease` until `expires` (Unix ms), or
+    /// for ever, if it is cached: `Ok(false)` when it is not (the caller
+    /// fetches it again). With a `cap`, a new pin (not the renewal of one
+    /// `owner` holds) is refused with [`StoreError::TooManyLeases`] when
+    /// `owner` holds `cap` pins already, and nothing changes. Once this
+    /// returns `Ok(true)` no delete (short of a forced one) or eviction
+    /// removes the asset while the pin holds. Blocking: the pin is durable
+    /// when this returns.
     pub fn pin(
         &self,
         digest: &Digest,
         lease: &str,
+        owner: u32,
         expires: Option<u64>,
+        cap: Option<usize>,
     ) -> Result<bool, StoreError> {
         self.heal_meta()?;
         let _leases = self.leases();
         let previous = {
             let mut index = self.index();
-            let previous = index
-                .get(digest)
-                .and_then(|e| e.pins.iter().find(|p| p.lease == lease).cloned());
-            if !index.pin(digest, lease, expires) {
+            let Some(entry) = index.get(digest) else {
                 return Ok(false);
+            };
+            let previous = entry.pins.iter().find(|p| p.is(lease, owner)).cloned();
+            let now = now_ms();
+            if let Some(cap) = cap
+                && !previous.as_ref().is_some_and(|p| p.holds(now))
+            {
+                let held = index.pins_of(owner, now);
+                if held >= cap {
+                    return Err(StoreError::TooManyLeases {
+                        uid: owner,
+                        held,
+                        cap,
+                    });
+                }
             }
+            index.pin(digest, lease, owner, expires);
             // The same pin for ever again (a runtime re-fetching what it
             // holds): nothing to write.
             if expires.is_none() && previous.as_ref().is_some_and(|p| p.expires.is_none()) {
@@ -171,20 +188,21 @@ impl Store {
         };
         // The pin holds in memory from here on, so nothing can remove the
         // asset while it is being made durable.
-        if let Err(e) = self.meta.pin(digest, lease, expires) {
-            self.index().unpin(digest, lease, previous);
+        if let Err(e) = self.meta.pin(digest, lease, owner, expires) {
+            self.index().unpin(digest, lease, owner, previous);
             return Err(e.into());
         }
         Ok(true)
     }
 
-    /// Drops every pin of `lease`; returns how many. Durable when it
+    /// Drops every pin of `lease` owned by `owner`, or by anyone when
+    /// `owner` is `None` (an admin); returns how many. Durable when it
     /// returns; on error nothing changed. Blocking.
-    pub fn release(&self, lease: &str) -> Result<usize, StoreError> {
+    pub fn release(&self, lease: &str, owner: Option<u32>) -> Result<usize, StoreError> {
         self.heal_meta()?;
         let _leases = self.leases();
-        let released = self.meta.release(lease)?;
-        self.index().release(lease);
+        let released = self.meta.release(lease, owner)?;
+        self.index().release(lease, owner);
         Ok(released)
     }
 

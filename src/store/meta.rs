@@ -30,8 +30,13 @@ use crate::digest::Digest;
 
 /// Digest bytes → JSON [`Record`].
 const ASSETS: TableDefinition<&[u8], &str> = TableDefinition::new("assets");
-/// (digest bytes, lease) → expiry in Unix milliseconds, 0 for never.
-const PINS: TableDefinition<(&[u8], &str), u64> = TableDefinition::new("pins");
+/// (digest bytes, lease, owner uid) → expiry in Unix milliseconds, 0 for
+/// never. A lease name is scoped to its owner: two users' leases of one
+/// name are two pins.
+const PINS: TableDefinition<(&[u8], &str, u32), u64> = TableDefinition::new("pins_v2");
+/// The table of pins before they had owners: (digest bytes, lease) →
+/// expiry. Migrated into [`PINS`] at open, owned by root (0), then dropped.
+const PINS_V1: TableDefinition<(&[u8], &str), u64> = TableDefinition::new("pins");
 
 /// What is known of one asset besides its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -51,11 +56,18 @@ pub struct Record {
 pub struct Pin {
     /// The lease's name, chosen by the caller (a sandbox id, say).
     pub lease: String,
+    /// The uid that made it: only it or an admin releases it.
+    pub owner: u32,
     /// When the pin lapses, Unix milliseconds; `None` for never.
     pub expires: Option<u64>,
 }
 
 impl Pin {
+    /// Whether this is `owner`'s pin of `lease`.
+    pub fn is(&self, lease: &str, owner: u32) -> bool {
+        self.lease == lease && self.owner == owner
+    }
+
     /// Whether the pin still holds at `now` (Unix milliseconds).
     pub fn holds(&self, now: u64) -> bool {
         self.expires.is_none_or(|e| e > now)
@@ -165,6 +177,7 @@ impl Meta {
     pub fn open(root: &Path, on_disk: &[(Digest, u64, i64)]) -> Result<Meta, MetaError> {
         let path = root.join("meta.redb");
         let db = open_db(root, &path, "blobs/")?;
+        migrate_pins(&db).map_err(redb_error(&path))?;
         let meta = Meta {
             state: Mutex::new(State {
                 db: Some(db),
@@ -368,10 +381,11 @@ impl Meta {
             let mut all: HashMap<Digest, Vec<Pin>> = HashMap::new();
             for entry in table.iter()? {
                 let (key, value) = entry?;
-                let (digest, lease) = key.value();
+                let (digest, lease, owner) = key.value();
                 if let Some(digest) = digest_from(digest) {
                     all.entry(digest).or_default().push(Pin {
                         lease: lease.to_owned(),
+                        owner,
                         expires: (value.value() != 0).then(|| value.value()),
                     });
                 }
@@ -381,21 +395,33 @@ impl Meta {
         read().map_err(redb_error(&self.path))
     }
 
-    /// Pins `digest` for `lease` until `expires` (Unix ms; `None` for never).
-    pub fn pin(&self, digest: &Digest, lease: &str, expires: Option<u64>) -> Result<(), MetaError> {
+    /// Pins `digest` for `owner`'s `lease` until `expires` (Unix ms;
+    /// `None` for never).
+    pub fn pin(
+        &self,
+        digest: &Digest,
+        lease: &str,
+        owner: u32,
+        expires: Option<u64>,
+    ) -> Result<(), MetaError> {
         self.write(Durability::Immediate, |tx| {
             let mut pins = tx.open_table(PINS)?;
-            pins.insert((&digest_key(digest)[..], lease), expires.unwrap_or(0))?;
+            pins.insert(
+                (&digest_key(digest)[..], lease, owner),
+                expires.unwrap_or(0),
+            )?;
             Ok(())
         })
     }
 
-    /// Drops every pin of `lease`; returns how many there were.
-    pub fn release(&self, lease: &str) -> Result<usize, MetaError> {
+    /// Drops every pin of `lease` owned by `owner`, or by anyone when
+    /// `owner` is `None`; returns how many there were.
+    pub fn release(&self, lease: &str, owner: Option<u32>) -> Result<usize, MetaError> {
         let mut released = 0;
         self.write(Durability::Immediate, |tx| {
             let mut pins = tx.open_table(PINS)?;
-            let gone = pins.extract_if(|(_, l), _| l == lease)?;
+            let gone =
+                pins.extract_if(|(_, l, o), _| l == lease && owner.is_none_or(|w| w == o))?;
             released = gone.count();
             Ok(())
         })?;
@@ -482,6 +508,7 @@ fn rewrite(
     let tx = db.begin_write()?;
     tx.delete_table(ASSETS)?;
     tx.delete_table(PINS)?;
+    tx.delete_table(PINS_V1)?;
     {
         let mut assets = tx.open_table(ASSETS)?;
         for (digest, record) in records {
@@ -490,7 +517,7 @@ fn rewrite(
         let mut table = tx.open_table(PINS)?;
         for (digest, pin) in pins {
             table.insert(
-                (&digest_key(digest)[..], pin.lease.as_str()),
+                (&digest_key(digest)[..], pin.lease.as_str(), pin.owner),
                 pin.expires.unwrap_or(0),
             )?;
         }
@@ -542,7 +569,43 @@ fn remove_in(tx: &redb::WriteTransaction, digest: &Digest) -> Result<(), redb::E
     let key = digest_key(digest);
     tx.open_table(ASSETS)?.remove(&key[..])?;
     let mut pins = tx.open_table(PINS)?;
-    let _ = pins.extract_if(|(d, _), _| d == &key[..])?.count();
+    let _ = pins.extract_if(|(d, _, _), _| d == &key[..])?.count();
+    Ok(())
+}
+
+/// Moves the pins of a database made before pins had owners into
+/// [`PINS`], owned by root (0): only an admin releases them (or their TTL
+/// lapses), as before. Does nothing when there is no old table. Durable.
+fn migrate_pins(db: &Database) -> Result<(), redb::Error> {
+    match db.begin_read()?.open_table(PINS_V1) {
+        Ok(_) => {}
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    let tx = db.begin_write()?;
+    let old = tx.open_table(PINS_V1)?;
+    let mut rows = Vec::new();
+    for entry in old.iter()? {
+        let (key, value) = entry?;
+        let (digest, lease) = key.value();
+        rows.push((digest.to_vec(), lease.to_owned(), value.value()));
+    }
+    drop(old);
+    let migrated = rows.len();
+    {
+        let mut pins = tx.open_table(PINS)?;
+        for (digest, lease, expires) in &rows {
+            pins.insert((&digest[..], lease.as_str(), 0), *expires)?;
+        }
+    }
+    tx.delete_table(PINS_V1)?;
+    tx.commit()?;
+    if migrated > 0 {
+        tracing::info!(
+            migrated,
+            "pins of meta.redb migrated to owned pins (owner root)"
+        );
+    }
     Ok(())
 }
 
@@ -574,7 +637,7 @@ mod tests {
     fn reconcile_adds_missing_and_drops_stale_records() {
         let dir = tempfile::tempdir().unwrap();
         let meta = Meta::open(dir.path(), &[(d(1), 10, 100), (d(2), 20, 200)]).unwrap();
-        meta.pin(&d(2), "sandbox-a", None).unwrap();
+        meta.pin(&d(2), "sandbox-a", 0, None).unwrap();
         drop(meta);
         let meta = Meta::open(dir.path(), &[(d(1), 10, 100), (d(3), 30, 300)]).unwrap();
         let records = meta.records().unwrap();
@@ -592,12 +655,12 @@ mod tests {
     fn leases_pin_release_and_lapse() {
         let dir = tempfile::tempdir().unwrap();
         let meta = Meta::open(dir.path(), &[(d(1), 1, 1), (d(2), 2, 2)]).unwrap();
-        meta.pin(&d(1), "a", None).unwrap();
-        meta.pin(&d(2), "a", None).unwrap();
-        meta.pin(&d(2), "b", Some(1000)).unwrap();
+        meta.pin(&d(1), "a", 0, None).unwrap();
+        meta.pin(&d(2), "a", 0, None).unwrap();
+        meta.pin(&d(2), "b", 0, Some(1000)).unwrap();
         assert_eq!(meta.sweep_lapsed(999).unwrap(), 0);
         assert_eq!(meta.sweep_lapsed(1000).unwrap(), 1);
-        assert_eq!(meta.release("a").unwrap(), 2);
+        assert_eq!(meta.release("a", None).unwrap(), 2);
         assert!(meta.pins().unwrap().is_empty());
     }
 
@@ -605,12 +668,12 @@ mod tests {
     fn a_broken_database_refuses_writes_until_reopened_with_what_memory_holds() {
         let dir = tempfile::tempdir().unwrap();
         let meta = Meta::open(dir.path(), &[(d(1), 10, 100), (d(2), 20, 200)]).unwrap();
-        meta.pin(&d(1), "a", None).unwrap();
+        meta.pin(&d(1), "a", 0, None).unwrap();
         meta.lock().broken = Some(Broken {
             cause: "I/O error: No space left on device (os error 28)".into(),
             no_space: true,
         });
-        let err = meta.pin(&d(2), "b", None).unwrap_err();
+        let err = meta.pin(&d(2), "b", 0, None).unwrap_err();
         assert!(err.is_no_space(), "{err}");
         assert!(err.to_string().contains("No space left"), "{err}");
         // Memory's truth: d(2) went, d(3) came, and d(3) holds lease b.
@@ -622,6 +685,7 @@ mod tests {
         };
         let pin = Pin {
             lease: "b".into(),
+            owner: 1000,
             expires: Some(99),
         };
         meta.reopen(&[(d(3), record.clone())], &[(d(3), pin.clone())])
@@ -629,7 +693,73 @@ mod tests {
         assert!(!meta.is_broken());
         assert_eq!(meta.records().unwrap(), HashMap::from([(d(3), record)]));
         assert_eq!(meta.pins().unwrap(), HashMap::from([(d(3), vec![pin])]));
-        meta.pin(&d(3), "c", None).unwrap();
+        meta.pin(&d(3), "c", 0, None).unwrap();
+    }
+
+    #[test]
+    fn a_lease_name_is_scoped_to_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path(), &[(d(1), 1, 1)]).unwrap();
+        meta.pin(&d(1), "x", 0, None).unwrap();
+        meta.pin(&d(1), "x", 1000, Some(5000)).unwrap();
+        assert_eq!(meta.pins().unwrap()[&d(1)].len(), 2, "two owners, two pins");
+        assert_eq!(meta.release("x", Some(2000)).unwrap(), 0);
+        assert_eq!(meta.release("x", Some(1000)).unwrap(), 1);
+        let left = &meta.pins().unwrap()[&d(1)];
+        assert_eq!(
+            left,
+            &vec![Pin {
+                lease: "x".into(),
+                owner: 0,
+                expires: None
+            }]
+        );
+        drop(meta);
+        let meta = Meta::open(dir.path(), &[(d(1), 1, 1)]).unwrap();
+        assert_eq!(meta.pins().unwrap()[&d(1)][0].owner, 0, "owners persist");
+    }
+
+    #[test]
+    fn pins_without_owners_are_migrated_as_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            // A database as the daemon wrote it before pins had owners.
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut old = tx.open_table(PINS_V1).unwrap();
+                old.insert((&digest_key(&d(1))[..], "old-forever"), 0)
+                    .unwrap();
+                old.insert((&digest_key(&d(1))[..], "old-ttl"), 4242)
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let meta = Meta::open(dir.path(), &[(d(1), 1, 1)]).unwrap();
+        let mut pins = meta.pins().unwrap().remove(&d(1)).unwrap();
+        pins.sort_by(|a, b| a.lease.cmp(&b.lease));
+        let pin = |lease: &str, expires| Pin {
+            lease: lease.into(),
+            owner: 0,
+            expires,
+        };
+        assert_eq!(
+            pins,
+            vec![pin("old-forever", None), pin("old-ttl", Some(4242))]
+        );
+        // The old table is gone, so a second open migrates nothing again.
+        let state = meta.lock();
+        let db = state.db.as_ref().unwrap();
+        assert!(matches!(
+            db.begin_read().unwrap().open_table(PINS_V1),
+            Err(redb::TableError::TableDoesNotExist(_))
+        ));
+        drop(state);
+        // A non-admin release of the migrated name by its old holder's
+        // name finds nothing of its own.
+        assert_eq!(meta.release("old-forever", Some(1000)).unwrap(), 0);
+        assert_eq!(meta.release("old-forever", None).unwrap(), 1);
     }
 
     #[test]

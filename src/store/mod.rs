@@ -94,6 +94,19 @@ pub enum StoreError {
         /// The holding leases, comma-separated.
         leases: String,
     },
+    /// A user holds as many pins as it may; the asset was not pinned.
+    #[error(
+        "uid {uid} holds {held} lease pins, the most a user may hold \
+         (--max-leases-per-uid {cap}); release some first"
+    )]
+    TooManyLeases {
+        /// The user.
+        uid: u32,
+        /// The pins it holds.
+        held: usize,
+        /// The cap.
+        cap: usize,
+    },
     /// Another process holds the root's lock.
     #[error("{path} is in use by another assetd (its lock is held)")]
     Locked {

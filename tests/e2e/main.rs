@@ -12,6 +12,7 @@ mod gcs;
 mod grpcurl;
 mod hostile_edge;
 mod hostile_store;
+mod leases;
 mod lifecycle;
 mod oracle;
 mod pipeline;
