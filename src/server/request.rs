@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::Request;
 use tonic::transport::server::UdsConnectInfo;
@@ -23,6 +23,13 @@ const MAX_LEASE_LEN: usize = 256;
 const URL_CACHE_ENTRIES: usize = 1024;
 /// Longer URLs are parsed every time rather than kept.
 const URL_CACHE_MAX_LEN: usize = 2048;
+/// How long a group-database answer (is this uid in the admin group?) is
+/// kept: a lookup may go to the network (LDAP, SSSD) and blocks, too slow
+/// to repeat on every cache hit; a change of membership counts within this.
+const MEMBERSHIP_TTL: Duration = Duration::from_secs(30);
+/// Uids whose membership is remembered; cleared when full, so callers with
+/// ever new uids cost a lookup each and nothing more.
+const MEMBERSHIP_ENTRIES: usize = 4096;
 /// Mirrors one request may give: plenty for real fallbacks, few enough that
 /// one request cannot make a transfer crawl through thousands of URLs.
 const MAX_MIRRORS: usize = 16;
@@ -81,7 +88,28 @@ fn is_admin(uid: u32, gid: u32, admins: Option<u32>) -> bool {
     let Some(admins) = admins else {
         return false;
     };
-    gid == admins || listed_in(uid, admins)
+    gid == admins || listed_in_cached(uid, admins)
+}
+
+/// [`listed_in`], remembered for [`MEMBERSHIP_TTL`] by (uid, group).
+fn listed_in_cached(uid: u32, gid: u32) -> bool {
+    type Known = HashMap<(u32, u32), (bool, Instant)>;
+    static KNOWN: Mutex<Option<Known>> = Mutex::new(None);
+    let lock = || KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = Instant::now();
+    if let Some(&(listed, at)) = lock().get_or_insert_default().get(&(uid, gid))
+        && now.duration_since(at) < MEMBERSHIP_TTL
+    {
+        return listed;
+    }
+    let listed = listed_in(uid, gid);
+    let mut known = lock();
+    let known = known.get_or_insert_default();
+    if known.len() >= MEMBERSHIP_ENTRIES {
+        known.clear();
+    }
+    known.insert((uid, gid), (listed, now));
+    listed
 }
 
 /// Whether the group database puts `uid`'s user in group `gid`. A user or
