@@ -161,14 +161,17 @@ fn root_of<'r>(roots: &'r [FileRoot], parts: &[String]) -> Option<(&'r FileRoot,
     roots
         .iter()
         .filter_map(|root| {
-            let names: Vec<_> = root
+            // A root whose path is not UTF-8 cannot be named by a URL's
+            // decoded components: it matches nothing rather than skipping
+            // the odd component and matching some other path.
+            let names: Vec<String> = root
                 .path
                 .components()
                 .filter_map(|c| match c {
-                    Component::Normal(n) => Some(n.to_str()?.to_owned()),
+                    Component::Normal(n) => Some(n.to_str().map(str::to_owned)),
                     _ => None,
                 })
-                .collect();
+                .collect::<Option<_>>()?;
             let inside = names.len() < parts.len() && parts.starts_with(&names);
             inside.then_some((root, names.len()))
         })
@@ -423,6 +426,22 @@ mod tests {
         assert!(matches!(err, SourceError::NotFound { .. }), "{err}");
         let err = open(&url(&root, "shut/nope.bin"), &roots, ADMIN).unwrap_err();
         assert!(matches!(err, SourceError::NotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_root_is_matched_by_whole_components_and_the_deepest_wins() {
+        let root = |path: &str, public| FileRoot {
+            path: path.into(),
+            public,
+        };
+        let roots = [root("/srv/files", false), root("/srv/files/pub", true)];
+        let parts = |p: &str| p.split('/').map(str::to_owned).collect::<Vec<_>>();
+        let found = root_of(&roots, &parts("srv/files/pub/x")).unwrap();
+        assert_eq!((found.0.public, found.1), (true, 3));
+        let found = root_of(&roots, &parts("srv/files/a/x")).unwrap();
+        assert_eq!((found.0.public, found.1), (false, 2));
+        assert!(root_of(&roots, &parts("srv/filesx/a")).is_none());
+        assert!(root_of(&roots, &parts("srv/files")).is_none());
     }
 
     #[test]
