@@ -10,11 +10,12 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::source::{SourcePolicy, SourceRule};
+use crate::source::{FileRoot, SourcePolicy, SourceRule};
 
 /// The default size limit: 8 GiB, above any kernel or rootfs image we serve
 /// and below what would fill an ordinary node's disk by mistake.
@@ -94,6 +95,12 @@ pub struct ServerConfig {
     /// A connection whose HTTP/2 preface has not arrived in this long is
     /// closed.
     pub handshake_timeout: Seconds,
+    /// A group whose members are admins too (besides root and the daemon's
+    /// user): by primary gid, or listed as members in the group database.
+    pub admin_group: Option<String>,
+    /// `admin_group`'s gid, resolved once by [`Config::validate`].
+    #[serde(skip)]
+    pub admin_gid: Option<u32>,
 }
 
 /// The on-disk store.
@@ -155,8 +162,13 @@ pub struct FetchConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourcesConfig {
-    /// Folders `file://` URLs may read from; empty disables `file://`.
+    /// Folders `file://` URLs may read from; empty (with no public ones)
+    /// disables `file://`. A caller who is not an admin may bring only what
+    /// others may read from them into the cache.
     pub file_roots: Vec<PathBuf>,
+    /// File roots whose whole content any caller may bring into the
+    /// world-readable cache.
+    pub public_file_roots: Vec<PathBuf>,
     /// A GCS emulator (`host:port` or URL) to use instead of GCS, without
     /// credentials.
     pub gcs_emulator: Option<String>,
@@ -174,6 +186,20 @@ impl SourcesConfig {
     /// The source policy these rules make.
     pub fn policy(&self) -> SourcePolicy {
         SourcePolicy::new(self.allow_source.clone(), self.deny_source.clone())
+    }
+
+    /// Every file root, public ones marked.
+    pub fn file_roots(&self) -> Vec<FileRoot> {
+        let root = |public| {
+            move |path: &PathBuf| FileRoot {
+                path: path.clone(),
+                public,
+            }
+        };
+        let private = self.file_roots.iter().map(root(false));
+        private
+            .chain(self.public_file_roots.iter().map(root(true)))
+            .collect()
     }
 }
 
@@ -199,6 +225,8 @@ impl Default for ServerConfig {
             socket: default_paths().1,
             max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
             handshake_timeout: Seconds(DEFAULT_HANDSHAKE_TIMEOUT),
+            admin_group: None,
+            admin_gid: None,
         }
     }
 }
@@ -404,6 +432,14 @@ pub enum ConfigError {
         /// Why it cannot be used.
         source: std::io::Error,
     },
+    /// `--admin-group` names no group of this node.
+    #[error("admin group {name:?}: {reason}")]
+    AdminGroup {
+        /// The group as given.
+        name: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// A path that cannot be made absolute.
     #[error("{path}: {source}")]
     Path {
@@ -518,12 +554,19 @@ impl Config {
             });
         }
         self.sources.gcs_emulator = self.sources.gcs_emulator.filter(|h| !h.is_empty());
-        self.sources.file_roots = self
-            .sources
-            .file_roots
-            .iter()
-            .map(|p| canonical_dir(p))
-            .collect::<Result<_, _>>()?;
+        for roots in [
+            &mut self.sources.file_roots,
+            &mut self.sources.public_file_roots,
+        ] {
+            *roots = roots
+                .iter()
+                .map(|p| canonical_dir(p))
+                .collect::<Result<_, _>>()?;
+        }
+        self.server.admin_gid = match &self.server.admin_group {
+            Some(name) => Some(group_gid(name)?),
+            None => None,
+        };
         Ok(self)
     }
 }
@@ -533,6 +576,35 @@ fn absolute(path: &Path) -> Result<PathBuf, ConfigError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// The running daemon's admin group, for the server's role check. Process
+/// wide because the request edge reads roles from peer credentials alone;
+/// `u64::MAX` for none.
+static ADMIN_GID: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Makes members of `gid` admins (none: only root and the daemon's user),
+/// from [`crate::daemon::run`] before it serves.
+pub fn set_admin_gid(gid: Option<u32>) {
+    ADMIN_GID.store(gid.map_or(u64::MAX, u64::from), Ordering::Relaxed);
+}
+
+/// The admin group's gid, if one was set (see [`set_admin_gid`]).
+pub fn admin_gid() -> Option<u32> {
+    u32::try_from(ADMIN_GID.load(Ordering::Relaxed)).ok()
+}
+
+/// The gid of the group `name`, which must exist.
+fn group_gid(name: &str) -> Result<u32, ConfigError> {
+    let fail = |reason: String| ConfigError::AdminGroup {
+        name: name.to_owned(),
+        reason,
+    };
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(fail("no such group on this node".to_owned())),
+        Err(e) => Err(fail(format!("looking it up: {e}"))),
+    }
 }
 
 fn canonical_dir(path: &Path) -> Result<PathBuf, ConfigError> {
@@ -638,6 +710,19 @@ mod tests {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
+    }
+
+    #[test]
+    fn validate_resolves_the_admin_group_or_names_an_unknown_one() {
+        let mut config = Config::default();
+        config.server.admin_group = Some("root".into());
+        assert_eq!(config.clone().validate().unwrap().server.admin_gid, Some(0));
+        config.server.admin_group = Some("assetd-no-such-group".into());
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("\"assetd-no-such-group\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    crate::config::set_admin_gid(config.server.admin_gid);
     let lifetime = Lifetime::default();
     // Opening scans blobs/ and reconciles meta.redb: off the runtime.
     let root = config.store.root.clone();
@@ -74,7 +75,7 @@ pub async fn run(
 fn fetcher(store: Store, config: &Config, lifetime: Lifetime) -> Result<Fetcher, DaemonError> {
     let sources = &config.sources;
     let sources = Sources::new(
-        sources.file_roots.clone(),
+        sources.file_roots(),
         sources.gcs_emulator.as_deref(),
         sources.gcs_anonymous,
         sources.policy(),
@@ -84,6 +85,8 @@ fn fetcher(store: Store, config: &Config, lifetime: Lifetime) -> Result<Fetcher,
         root = %config.store.root.display(),
         max_size = config.fetch.max_size.0,
         file_roots = ?config.sources.file_roots,
+        public_file_roots = ?config.sources.public_file_roots,
+        admin_group = config.server.admin_group.as_deref().unwrap_or("none"),
         gcs_emulator = config.sources.gcs_emulator.as_deref().unwrap_or("none"),
         source_policy = %config.sources.policy().describe(),
         "store open"

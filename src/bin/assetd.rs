@@ -28,6 +28,15 @@ struct Args {
     /// A folder file:// URLs may read from (repeatable); none disables file://
     #[arg(long = "file-root", value_name = "DIR")]
     file_roots: Vec<PathBuf>,
+    /// A file root whose whole content any caller may bring into the
+    /// world-readable cache (repeatable); under a --file-root, callers other
+    /// than admins get only files others may read
+    #[arg(long = "public-file-root", value_name = "DIR")]
+    public_file_roots: Vec<PathBuf>,
+    /// A group whose members are admins too, besides root and the daemon's
+    /// user (by primary gid or group membership); must exist
+    #[arg(long, value_name = "NAME")]
+    admin_group: Option<String>,
     /// Largest asset accepted, in bytes or with a unit (512MiB, 8GiB) [default: 8GiB]
     #[arg(long)]
     max_size: Option<ByteSize>,
@@ -128,6 +137,10 @@ impl Args {
         if !self.file_roots.is_empty() {
             config.sources.file_roots = self.file_roots;
         }
+        if !self.public_file_roots.is_empty() {
+            config.sources.public_file_roots = self.public_file_roots;
+        }
+        set(&mut config.server.admin_group, self.admin_group.map(Some));
         set(
             &mut config.sources.gcs_emulator,
             self.gcs_emulator.map(Some),

@@ -24,10 +24,23 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
+use super::Caller;
 use super::{FetchError, Progress};
 use crate::digest::Digest;
-use crate::source::SourceUrl;
+use crate::source::{Access, SourceUrl};
 use crate::store::Blob;
+
+/// A URL remembers who gave it: a source reads it with the giver's access,
+/// never with another caller's.
+impl From<Caller> for Access {
+    fn from(caller: Caller) -> Access {
+        Access {
+            admin: caller.admin,
+            uid: caller.uid,
+            gid: caller.gid,
+        }
+    }
+}
 
 /// URLs one transfer takes from all its callers together: a caller bringing
 /// more starts a transfer of its own rather than making everyone wait
@@ -58,7 +71,10 @@ pub(super) struct CallerTerms {
 /// requests.
 #[derive(Debug, Default)]
 pub(super) struct Terms {
-    urls: Vec<SourceUrl>,
+    /// Each URL with the access of the caller who gave it. The same URL
+    /// from an admin and from another caller is kept twice: one's refusal
+    /// must not fail the other, nor one's access read for the other.
+    urls: Vec<(SourceUrl, Access)>,
     callers: HashMap<u64, CallerTerms>,
     /// No more URLs will be taken: the transfer has tried them all (or
     /// ended), so a later caller must start a flight of its own.
@@ -81,8 +97,9 @@ impl Terms {
         sizes.all(|s| s == Some(first)).then_some(first)
     }
 
-    /// URL number `i`, or `None` when there is none: then the terms close.
-    pub fn url(&mut self, i: usize) -> Option<SourceUrl> {
+    /// URL number `i` with its giver's access, or `None` when there is
+    /// none: then the terms close.
+    pub fn url(&mut self, i: usize) -> Option<(SourceUrl, Access)> {
         let url = self.urls.get(i).cloned();
         if url.is_none() {
             self.closed = true;
@@ -108,16 +125,20 @@ impl Terms {
 
     /// Adds a caller and the URLs it brings that are not there yet; false
     /// when closed, or when its URLs would take the list past [`MAX_URLS`].
-    fn join(&mut self, id: u64, terms: CallerTerms, urls: &[SourceUrl]) -> bool {
-        let new = urls.iter().filter(|u| !self.urls.contains(u)).count();
+    fn join(&mut self, id: u64, terms: CallerTerms, urls: &[SourceUrl], access: Access) -> bool {
+        let has = |urls: &[(SourceUrl, Access)], url: &SourceUrl| {
+            urls.iter()
+                .any(|(u, a)| u == url && a.admin == access.admin)
+        };
+        let new = urls.iter().filter(|u| !has(&self.urls, u)).count();
         if self.closed || self.urls.len() + new > MAX_URLS {
             return false;
         }
         self.callers.insert(id, terms);
         self.generation += 1;
         for url in urls {
-            if !self.urls.contains(url) {
-                self.urls.push(url.clone());
+            if !has(&self.urls, url) {
+                self.urls.push((url.clone(), access));
             }
         }
         true
@@ -188,7 +209,8 @@ pub(super) enum Joined {
 }
 
 impl Flights {
-    /// Takes a seat on `digest`'s flight with `terms` and `urls`, or starts a
+    /// Takes a seat on `digest`'s flight with `terms` and `urls` (given by
+    /// a caller with `access`), or starts a
     /// new flight: first `cached` is asked (under the registry's lock, so a
     /// transfer that just committed is seen), then `launch` spawns the
     /// transfer and returns its abort handle. Neither may do I/O.
@@ -197,13 +219,14 @@ impl Flights {
         digest: Digest,
         terms: CallerTerms,
         urls: &[SourceUrl],
+        access: Access,
         cached: impl FnOnce() -> Option<Blob>,
         launch: impl FnOnce(Launch) -> AbortHandle,
     ) -> Joined {
         let caller = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut map = lock(&self.map);
         if let Some(flight) = map.get(&digest).and_then(Weak::upgrade)
-            && lock(&flight.terms).join(caller, terms, urls)
+            && lock(&flight.terms).join(caller, terms, urls, access)
         {
             return Joined::Seat(Seat { flight, caller });
         }
@@ -214,7 +237,7 @@ impl Flights {
         map.retain(|_, weak| weak.strong_count() > 0);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut fresh = Terms::default();
-        fresh.join(caller, terms, urls);
+        fresh.join(caller, terms, urls, access);
         let terms_arc = Arc::new(Mutex::new(fresh));
         let (tx, rx) = watch::channel(State::default());
         let flight = Arc::new(Flight {
@@ -288,6 +311,12 @@ mod tests {
         Digest::from_bytes([n; 32])
     }
 
+    const ANYONE: Access = Access {
+        admin: false,
+        uid: 4242,
+        gid: 4242,
+    };
+
     const OPEN: CallerTerms = CallerTerms {
         size: None,
         limit: 100,
@@ -300,6 +329,7 @@ mod tests {
             d(1),
             terms,
             urls,
+            ANYONE,
             || None,
             |launch| {
                 launched = Some(launch);
@@ -320,8 +350,28 @@ mod tests {
         let (_b, none) = seat(&flights, OPEN, &[url("b"), url("a")]);
         assert!(none.is_none(), "the second caller joins");
         let mut terms = lock(&launch.terms);
-        let urls: Vec<_> = (0..).map_while(|i| terms.url(i)).collect();
+        let urls: Vec<_> = (0..).map_while(|i| terms.url(i)).map(|(u, _)| u).collect();
         assert_eq!(urls, vec![url("a"), url("m"), url("b")]);
+    }
+
+    #[test]
+    fn a_url_keeps_the_access_of_who_gave_it() {
+        let admin = Access {
+            admin: true,
+            uid: 0,
+            gid: 0,
+        };
+        let mut terms = Terms::default();
+        assert!(terms.join(1, OPEN, &[url("a")], ANYONE));
+        assert!(terms.join(2, OPEN, &[url("a"), url("b")], admin));
+        let other = Access { uid: 7, ..ANYONE };
+        assert!(terms.join(3, OPEN, &[url("a")], other));
+        let urls: Vec<_> = (0..).map_while(|i| terms.url(i)).collect();
+        assert_eq!(
+            urls,
+            vec![(url("a"), ANYONE), (url("a"), admin), (url("b"), admin)],
+            "an admin's copy of a URL is tried with the admin's access"
+        );
     }
 
     #[tokio::test]
@@ -356,7 +406,7 @@ mod tests {
         assert!(lock(&launch.terms).url(1).is_none(), "out of URLs: closed");
         let (_b, second) = seat(&flights, OPEN, &[url("b")]);
         let second = second.expect("a new flight");
-        assert_eq!(lock(&second.terms).url(0), Some(url("b")));
+        assert_eq!(lock(&second.terms).url(0), Some((url("b"), ANYONE)));
     }
 
     #[tokio::test]
@@ -374,6 +424,7 @@ mod tests {
             d(2),
             OPEN,
             &[url("x")],
+            ANYONE,
             || None,
             |_| tokio::spawn(std::future::pending::<()>()).abort_handle(),
         );

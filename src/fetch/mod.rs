@@ -417,6 +417,7 @@ impl Fetcher {
             want.digest,
             terms,
             &want.urls,
+            want.caller.into(),
             || inner.store.lookup(&want.digest, want.url()),
             |launch| transfer::spawn(self.inner.clone(), launch, want.caller),
         )

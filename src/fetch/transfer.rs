@@ -21,7 +21,7 @@ use tokio_stream::StreamExt as _;
 
 use super::flight::{Launch, State, Terms, lock};
 use super::{Caller, FetchError, Inner};
-use crate::source::{Resume, Source, SourceUrl};
+use crate::source::{Access, Resume, Source, SourceUrl};
 use crate::store::{Blob, Ingest, StoreError};
 
 /// First backoff; doubled per failed try, with full jitter.
@@ -158,7 +158,7 @@ async fn run(
                 },
             }
         };
-        let Some(url) = url else { break };
+        let Some((url, access)) = url else { break };
         if let Some((e, _)) = &failure {
             // Logged here, with a next URL to go to; the last failure is
             // logged once, as the transfer's.
@@ -166,7 +166,7 @@ async fn run(
         }
         i += 1;
         let generation = lock(terms).generation();
-        match from_url(inner, digest, &url, terms, state, starter).await {
+        match from_url(inner, digest, (&url, access), terms, state, starter).await {
             Ok(blob) => return Ok((blob, url)),
             Err(e) if is_local(&e) => return Err(Arc::new(e)),
             Err(e) => {
@@ -184,7 +184,7 @@ async fn run(
 async fn from_url(
     inner: &Inner,
     digest: crate::digest::Digest,
-    url: &SourceUrl,
+    (url, access): (&SourceUrl, Access),
     terms: &Mutex<Terms>,
     state: &watch::Sender<State>,
     starter: Caller,
@@ -202,6 +202,7 @@ async fn from_url(
         inner,
         digest,
         url,
+        access,
         terms,
         ingest: None,
         validator: None,
@@ -242,6 +243,8 @@ struct Attempt<'a> {
     inner: &'a Inner,
     digest: crate::digest::Digest,
     url: &'a SourceUrl,
+    /// Who gave `url`: the source reads it for them.
+    access: Access,
     terms: &'a Mutex<Terms>,
     ingest: Option<Ingest>,
     validator: Option<String>,
@@ -273,10 +276,13 @@ impl Attempt<'_> {
             }),
             _ => None,
         };
-        let opened = timeout(stall, source.open(self.url.url(), resume.as_ref()))
-            .await
-            .map_err(|_| self.stalled())?
-            .map_err(FetchError::Source)?;
+        let opened = timeout(
+            stall,
+            source.open(self.url.url(), resume.as_ref(), self.access),
+        )
+        .await
+        .map_err(|_| self.stalled())?
+        .map_err(FetchError::Source)?;
         if let Some(total) = opened.size {
             self.check_declared(total)?;
             check_space(self.inner, total.saturating_sub(opened.offset)).await?;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::Request;
 use tonic::transport::server::UdsConnectInfo;
@@ -23,6 +23,13 @@ const MAX_LEASE_LEN: usize = 256;
 const URL_CACHE_ENTRIES: usize = 1024;
 /// Longer URLs are parsed every time rather than kept.
 const URL_CACHE_MAX_LEN: usize = 2048;
+/// How long a group-database answer (is this uid in the admin group?) is
+/// kept: a lookup may go to the network (LDAP, SSSD) and blocks, too slow
+/// to repeat on every cache hit; a change of membership counts within this.
+const MEMBERSHIP_TTL: Duration = Duration::from_secs(30);
+/// Uids whose membership is remembered; cleared when full, so callers with
+/// ever new uids cost a lookup each and nothing more.
+const MEMBERSHIP_ENTRIES: usize = 4096;
 /// Mirrors one request may give: plenty for real fallbacks, few enough that
 /// one request cannot make a transfer crawl through thousands of URLs.
 const MAX_MIRRORS: usize = 16;
@@ -61,13 +68,69 @@ pub(super) fn caller<T>(request: &Request<T>) -> Result<Caller, RequestError> {
         .ok_or_else(|| {
             RequestError::Denied("the caller's credentials are unknown (not a unix socket)".into())
         })?;
-    let me = nix::unistd::geteuid().as_raw();
+    let (uid, gid) = (cred.uid(), cred.gid());
     Ok(Caller {
-        uid: cred.uid(),
-        gid: cred.gid(),
+        uid,
+        gid,
         pid: cred.pid(),
-        admin: cred.uid() == 0 || cred.uid() == me,
+        admin: is_admin(uid, gid, crate::config::admin_gid()),
     })
+}
+
+/// Whether `uid` (primary group `gid`) is an admin: root, the daemon's
+/// user, or a member of the admin group `admins`: by the primary gid the
+/// peer credentials carry, or as the group database lists the user's groups
+/// (peer credentials carry no supplementary groups).
+fn is_admin(uid: u32, gid: u32, admins: Option<u32>) -> bool {
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        return true;
+    }
+    let Some(admins) = admins else {
+        return false;
+    };
+    gid == admins || listed_in_cached(uid, admins)
+}
+
+/// [`listed_in`], remembered for [`MEMBERSHIP_TTL`] by (uid, group).
+fn listed_in_cached(uid: u32, gid: u32) -> bool {
+    type Known = HashMap<(u32, u32), (bool, Instant)>;
+    static KNOWN: Mutex<Option<Known>> = Mutex::new(None);
+    let lock = || KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = Instant::now();
+    if let Some(&(listed, at)) = lock().get_or_insert_default().get(&(uid, gid))
+        && now.duration_since(at) < MEMBERSHIP_TTL
+    {
+        return listed;
+    }
+    let listed = listed_in(uid, gid);
+    let mut known = lock();
+    let known = known.get_or_insert_default();
+    if known.len() >= MEMBERSHIP_ENTRIES {
+        known.clear();
+    }
+    known.insert((uid, gid), (listed, now));
+    listed
+}
+
+/// Whether the group database puts `uid`'s user in group `gid`. A user or
+/// group that cannot be looked up is no member.
+fn listed_in(uid: u32, gid: u32) -> bool {
+    use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
+    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
+        return false;
+    };
+    let listed = |group: Group| group.mem.contains(&user.name);
+    if Group::from_gid(Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .is_some_and(listed)
+    {
+        return true;
+    }
+    let Ok(name) = std::ffi::CString::new(user.name.as_str()) else {
+        return false;
+    };
+    getgrouplist(&name, user.gid).is_ok_and(|groups| groups.contains(&Gid::from_raw(gid)))
 }
 
 /// A span naming the call and the caller, for the log lines the call makes.
@@ -75,15 +138,19 @@ pub(super) fn span(call: &'static str, caller: &Caller) -> tracing::Span {
     tracing::info_span!("rpc", call, uid = caller.uid, pid = caller.pid)
 }
 
-/// Changing the cache is for admins: root, or the daemon's own user. Every
-/// user with access to the socket may fetch and look.
+/// Changing the cache is for admins: root, the daemon's own user, or the
+/// admin group's members. Every user with access to the socket may fetch
+/// and look.
 pub(super) fn require_admin(caller: &Caller) -> Result<(), RequestError> {
     if caller.admin {
         return Ok(());
     }
     let me = nix::unistd::geteuid().as_raw();
+    let group = crate::config::admin_gid()
+        .map(|gid| format!(", or members of the admin group (gid {gid}),"))
+        .unwrap_or_default();
     Err(RequestError::Denied(format!(
-        "only uid 0 or the daemon's uid {me} may change or verify the cache; the caller is uid {}",
+        "only uid 0 or the daemon's uid {me}{group} may change or verify the cache; the caller is uid {}",
         caller.uid
     )))
 }
@@ -389,6 +456,20 @@ mod tests {
         assert!(urls.parsed.lock().unwrap().len() <= URL_CACHE_ENTRIES);
         assert!(urls.parse("no scheme").is_err());
         assert!(!urls.parsed.lock().unwrap().contains_key("no scheme"));
+    }
+
+    #[test]
+    fn admins_are_root_the_daemons_user_and_the_admin_groups_members() {
+        let me = nix::unistd::geteuid().as_raw();
+        let other = if me == 4242 { 4343 } else { 4242 };
+        assert!(is_admin(0, 0, None));
+        assert!(is_admin(me, 100, None));
+        assert!(!is_admin(other, 100, None));
+        assert!(is_admin(other, 4711, Some(4711)), "by primary gid");
+        assert!(!is_admin(other, 100, Some(4711)));
+        // Root's user is listed in its own primary group by getgrouplist.
+        assert!(listed_in(0, 0));
+        assert!(!listed_in(other, 4711));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use url::Url;
 
 use super::policy::SourcePolicy;
 
-use super::{ByteStream, OpenFuture, Opened, Resume, Source, SourceError};
+use super::{Access, ByteStream, OpenFuture, Opened, Resume, Source, SourceError};
 
 /// The public endpoint, when no emulator is configured.
 const GCS_ENDPOINT: &str = "https://storage.googleapis.com";
@@ -314,7 +314,14 @@ impl GcsSource {
 }
 
 impl Source for GcsSource {
-    fn open<'a>(&'a self, url: &'a Url, resume: Option<&'a Resume>) -> OpenFuture<'a> {
+    /// Who gave the URL does not matter here: the source policy judges
+    /// every caller's URL alike.
+    fn open<'a>(
+        &'a self,
+        url: &'a Url,
+        resume: Option<&'a Resume>,
+        _access: Access,
+    ) -> OpenFuture<'a> {
         Box::pin(self.read(url, resume))
     }
 }

@@ -21,7 +21,7 @@ use tokio_stream::StreamExt as _;
 use url::{Host, Url};
 
 use super::policy::{self, Refused, SourcePolicy};
-use super::{OpenFuture, Opened, Resume, Source, SourceError};
+use super::{Access, OpenFuture, Opened, Resume, Source, SourceError};
 
 /// Redirects followed before giving up: enough for CDNs and signed-URL
 /// hops, few enough that a loop ends quickly.
@@ -108,7 +108,14 @@ impl HttpSource {
 }
 
 impl Source for HttpSource {
-    fn open<'a>(&'a self, url: &'a Url, resume: Option<&'a Resume>) -> OpenFuture<'a> {
+    /// Who gave the URL does not matter here: the source policy judges
+    /// every caller's URL alike.
+    fn open<'a>(
+        &'a self,
+        url: &'a Url,
+        resume: Option<&'a Resume>,
+        _access: Access,
+    ) -> OpenFuture<'a> {
         Box::pin(self.get(url, resume))
     }
 }

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use tokio_stream::Stream;
 use url::Url;
 
-pub use file::FileSource;
+pub use file::{FileRoot, FileSource};
 pub use gcs::GcsSource;
 pub use http::HttpSource;
 pub use policy::{SourcePolicy, SourceRule};
@@ -312,6 +312,18 @@ pub struct Opened {
     pub body: ByteStream,
 }
 
+/// Who gave a URL, as a source judges what it may read for them: the
+/// peer credentials and role of the caller that asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// An admin may bring into the cache what others could not read.
+    pub admin: bool,
+    /// The giver's user id.
+    pub uid: u32,
+    /// The giver's group id.
+    pub gid: u32,
+}
+
 /// A future returned by [`Source::open`].
 pub type OpenFuture<'a> = Pin<Box<dyn Future<Output = Result<Opened, SourceError>> + Send + 'a>>;
 
@@ -319,9 +331,15 @@ pub type OpenFuture<'a> = Pin<Box<dyn Future<Output = Result<Opened, SourceError
 pub trait Source: Send + Sync {
     /// Opens `url` for reading, from `resume.offset` when given and the
     /// object is still the version `resume.validator` names, else from the
-    /// first byte ([`Opened::offset`] says which). Dropping the future or the
-    /// stream cancels the transfer.
-    fn open<'a>(&'a self, url: &'a Url, resume: Option<&'a Resume>) -> OpenFuture<'a>;
+    /// first byte ([`Opened::offset`] says which), for the caller `access`
+    /// describes (who gave the URL). Dropping the future or the stream
+    /// cancels the transfer.
+    fn open<'a>(
+        &'a self,
+        url: &'a Url,
+        resume: Option<&'a Resume>,
+        access: Access,
+    ) -> OpenFuture<'a>;
 }
 
 /// The sources this daemon serves, by URL scheme.
@@ -332,10 +350,11 @@ pub struct Sources {
 
 impl Sources {
     /// `http`, `https`, `gs` (see [`GcsSource::new`] for `gcs_emulator` and
-    /// `gcs_anonymous`) and `file` (only inside `file_roots`). `policy`
+    /// `gcs_anonymous`) and `file` (only inside `file_roots`, see
+    /// [`FileSource`]). `policy`
     /// holds the URLs callers send over `http(s)` and the buckets of `gs://`.
     pub fn new(
-        file_roots: Vec<PathBuf>,
+        file_roots: Vec<FileRoot>,
         gcs_emulator: Option<&str>,
         gcs_anonymous: bool,
         policy: SourcePolicy,

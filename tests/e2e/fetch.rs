@@ -302,13 +302,17 @@ async fn fetch_file_only_inside_roots() {
         Code::PermissionDenied,
         &["outside the file roots", secret.to_str().unwrap()],
     );
+    // A symlink is refused without following it: the message names neither
+    // its target nor whether that exists.
     let escape = client
         .fetch(request(&url(&inside.join("escape")), &secret_digest))
         .await;
-    assert_status(
-        escape,
-        Code::PermissionDenied,
-        &["outside the file roots", secret.to_str().unwrap()],
+    let status = escape.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("symbolic link"), "{status:?}");
+    assert!(
+        !status.message().contains(secret.to_str().unwrap()),
+        "{status:?}"
     );
     // Outside the roots, a missing file is denied too: no existence oracle.
     let nowhere = client
@@ -327,9 +331,13 @@ async fn fetch_file_only_inside_roots() {
     assert_status(missing, Code::NotFound, &["no such file"]);
     daemon.assert_empty();
 
-    // A symlink that stays inside is fine.
-    let reply = client
+    // Even one that stays inside: file:// follows no symlink.
+    let alias = client
         .fetch(request(&url(&inside.join("alias")), &digest_of(&body)))
+        .await;
+    assert_status(alias, Code::PermissionDenied, &["symbolic link"]);
+    let reply = client
+        .fetch(request(&url(&inside.join("kernel")), &digest_of(&body)))
         .await
         .unwrap();
     assert_eq!(std::fs::read(reply.into_inner().path).unwrap(), body);

@@ -8,6 +8,7 @@ mod common;
 mod disk;
 mod fair;
 mod fetch;
+mod file_access;
 mod gcs;
 mod grpcurl;
 mod hostile_edge;
