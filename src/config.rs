@@ -10,7 +10,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -576,22 +575,6 @@ fn absolute(path: &Path) -> Result<PathBuf, ConfigError> {
         path: path.to_owned(),
         source,
     })
-}
-
-/// The running daemon's admin group, for the server's role check. Process
-/// wide because the request edge reads roles from peer credentials alone;
-/// `u64::MAX` for none.
-static ADMIN_GID: AtomicU64 = AtomicU64::new(u64::MAX);
-
-/// Makes members of `gid` admins (none: only root and the daemon's user),
-/// from [`crate::daemon::run`] before it serves.
-pub fn set_admin_gid(gid: Option<u32>) {
-    ADMIN_GID.store(gid.map_or(u64::MAX, u64::from), Ordering::Relaxed);
-}
-
-/// The admin group's gid, if one was set (see [`set_admin_gid`]).
-pub fn admin_gid() -> Option<u32> {
-    u32::try_from(ADMIN_GID.load(Ordering::Relaxed)).ok()
 }
 
 /// The gid of the group `name`, which must exist.

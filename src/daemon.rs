@@ -41,7 +41,6 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    crate::config::set_admin_gid(config.server.admin_gid);
     let lifetime = Lifetime::default();
     // Opening scans blobs/ and reconciles meta.redb: off the runtime.
     let root = config.store.root.clone();

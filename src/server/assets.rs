@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use super::convert::{asset, bare_asset, fetch_response};
-use super::request::{self, caller, require_admin, span};
+use super::request::{self, Roles, span};
 use super::{fetch_status, progress, status};
 use crate::fetch::Fetcher;
 use crate::proto;
@@ -27,14 +27,17 @@ const MAX_PAGE_BYTES: usize = 1 << 20;
 pub struct AssetsService {
     fetcher: Fetcher,
     urls: request::Urls,
+    roles: Roles,
 }
 
 impl AssetsService {
-    /// A service answering from `fetcher`.
-    pub fn new(fetcher: Fetcher) -> AssetsService {
+    /// A service answering from `fetcher`; members of `admin_gid` (besides
+    /// root and the daemon's user) are admins.
+    pub fn new(fetcher: Fetcher, admin_gid: Option<u32>) -> AssetsService {
         AssetsService {
             fetcher,
             urls: request::Urls::default(),
+            roles: Roles::new(admin_gid),
         }
     }
 }
@@ -47,7 +50,7 @@ impl proto::assets_server::Assets for AssetsService {
     ) -> Result<Response<proto::FetchResponse>, Status> {
         // No span: this is the hot path, and the fetch layer's log lines
         // carry the caller themselves.
-        let caller = caller(&request)?;
+        let caller = self.roles.caller(&request)?;
         let want = request::want(request.into_inner(), caller, &self.urls)?;
         let fetched = self
             .fetcher
@@ -63,7 +66,7 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::FetchRequest>,
     ) -> Result<Response<Self::FetchProgressStream>, Status> {
-        let caller = caller(&request)?;
+        let caller = self.roles.caller(&request)?;
         let want = request::want(request.into_inner(), caller, &self.urls)?;
         let span = span("FetchProgress", &caller);
         let started = self
@@ -113,8 +116,8 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
-        let caller = caller(&request)?;
-        require_admin(&caller)?;
+        let caller = self.roles.caller(&request)?;
+        self.roles.require_admin(&caller)?;
         let digest = request::digest(&request.get_ref().digest)?;
         let force = request.get_ref().force;
         let size = self
@@ -131,7 +134,7 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::ReleaseLeaseRequest>,
     ) -> Result<Response<proto::ReleaseLeaseResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = self.roles.caller(&request)?;
         let lease = request::lease(request.into_inner().lease)?;
         let released = self
             .fetcher
@@ -149,8 +152,8 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::GcRequest>,
     ) -> Result<Response<proto::GcResponse>, Status> {
-        let caller = caller(&request)?;
-        require_admin(&caller)?;
+        let caller = self.roles.caller(&request)?;
+        self.roles.require_admin(&caller)?;
         let dry_run = request.get_ref().dry_run;
         let report = self.fetcher.gc(dry_run).await.map_err(|e| status(&e))?;
         let bytes = report.evicted.iter().map(|b| b.size).sum();
@@ -175,8 +178,8 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::VerifyRequest>,
     ) -> Result<Response<proto::VerifyResponse>, Status> {
-        let caller = caller(&request)?;
-        require_admin(&caller)?;
+        let caller = self.roles.caller(&request)?;
+        self.roles.require_admin(&caller)?;
         let digest = request::optional_digest(&request.get_ref().digest)?;
         let report = self.fetcher.verify(digest).await.map_err(|e| status(&e))?;
         let corrupt = report
@@ -200,7 +203,7 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::PrewarmRequest>,
     ) -> Result<Response<Self::PrewarmStream>, Status> {
-        let caller = caller(&request)?;
+        let caller = self.roles.caller(&request)?;
         let req = request.into_inner();
         let mut digests = Vec::with_capacity(req.assets.len());
         let mut wants = Vec::with_capacity(req.assets.len());

@@ -173,7 +173,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AssetsServer::new(AssetsService::new(fetcher)))
+        .add_service(AssetsServer::new(AssetsService::new(
+            fetcher,
+            config.admin_gid,
+        )))
         .serve_with_incoming_shutdown(incoming, shutdown);
     // Graceful shutdown waits for every client to close its connection; a
     // stuck client must not keep the daemon alive.

@@ -59,57 +59,94 @@ impl Urls {
     }
 }
 
-/// The caller of `request`, from the socket's peer credentials.
-pub(super) fn caller<T>(request: &Request<T>) -> Result<Caller, RequestError> {
-    let cred = request
-        .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
-        .ok_or_else(|| {
-            RequestError::Denied("the caller's credentials are unknown (not a unix socket)".into())
-        })?;
-    let (uid, gid) = (cred.uid(), cred.gid());
-    Ok(Caller {
-        uid,
-        gid,
-        pid: cred.pid(),
-        admin: is_admin(uid, gid, crate::config::admin_gid()),
-    })
+/// Who is an admin: root, the daemon's user, and the members of the admin
+/// group, if there is one; group-database answers remembered for
+/// [`MEMBERSHIP_TTL`].
+#[derive(Debug, Default)]
+pub(super) struct Roles {
+    admin_gid: Option<u32>,
+    known: Mutex<HashMap<(u32, u32), (bool, Instant)>>,
 }
 
-/// Whether `uid` (primary group `gid`) is an admin: root, the daemon's
-/// user, or a member of the admin group `admins`: by the primary gid the
-/// peer credentials carry, or as the group database lists the user's groups
-/// (peer credentials carry no supplementary groups).
-fn is_admin(uid: u32, gid: u32, admins: Option<u32>) -> bool {
-    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
-        return true;
+impl Roles {
+    /// Roles with the members of `admin_gid` as admins too.
+    pub(super) fn new(admin_gid: Option<u32>) -> Roles {
+        Roles {
+            admin_gid,
+            known: Mutex::default(),
+        }
     }
-    let Some(admins) = admins else {
-        return false;
-    };
-    gid == admins || listed_in_cached(uid, admins)
-}
 
-/// [`listed_in`], remembered for [`MEMBERSHIP_TTL`] by (uid, group).
-fn listed_in_cached(uid: u32, gid: u32) -> bool {
-    type Known = HashMap<(u32, u32), (bool, Instant)>;
-    static KNOWN: Mutex<Option<Known>> = Mutex::new(None);
-    let lock = || KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
-    let now = Instant::now();
-    if let Some(&(listed, at)) = lock().get_or_insert_default().get(&(uid, gid))
-        && now.duration_since(at) < MEMBERSHIP_TTL
-    {
-        return listed;
+    /// The caller of `request`, from the socket's peer credentials, with
+    /// its role.
+    pub(super) fn caller<T>(&self, request: &Request<T>) -> Result<Caller, RequestError> {
+        let cred = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .ok_or_else(|| {
+                RequestError::Denied(
+                    "the caller's credentials are unknown (not a unix socket)".into(),
+                )
+            })?;
+        let (uid, gid) = (cred.uid(), cred.gid());
+        Ok(Caller {
+            uid,
+            gid,
+            pid: cred.pid(),
+            admin: self.is_admin(uid, gid),
+        })
     }
-    let listed = listed_in(uid, gid);
-    let mut known = lock();
-    let known = known.get_or_insert_default();
-    if known.len() >= MEMBERSHIP_ENTRIES {
-        known.clear();
+
+    /// Whether `uid` (primary group `gid`) is an admin: root, the daemon's
+    /// user, or a member of the admin group: by the primary gid the peer
+    /// credentials carry, or as the group database lists the user's groups
+    /// (peer credentials carry no supplementary groups).
+    fn is_admin(&self, uid: u32, gid: u32) -> bool {
+        if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+            return true;
+        }
+        let Some(admins) = self.admin_gid else {
+            return false;
+        };
+        gid == admins || self.listed_in_cached(uid, admins)
     }
-    known.insert((uid, gid), (listed, now));
-    listed
+
+    /// [`listed_in`], remembered for [`MEMBERSHIP_TTL`] by (uid, group).
+    fn listed_in_cached(&self, uid: u32, gid: u32) -> bool {
+        let lock = || self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if let Some(&(listed, at)) = lock().get(&(uid, gid))
+            && now.duration_since(at) < MEMBERSHIP_TTL
+        {
+            return listed;
+        }
+        let listed = listed_in(uid, gid);
+        let mut known = lock();
+        if known.len() >= MEMBERSHIP_ENTRIES {
+            known.clear();
+        }
+        known.insert((uid, gid), (listed, now));
+        listed
+    }
+
+    /// Changing the cache is for admins: root, the daemon's own user, or the
+    /// admin group's members. Every user with access to the socket may fetch
+    /// and look.
+    pub(super) fn require_admin(&self, caller: &Caller) -> Result<(), RequestError> {
+        if caller.admin {
+            return Ok(());
+        }
+        let me = nix::unistd::geteuid().as_raw();
+        let group = self
+            .admin_gid
+            .map(|gid| format!(", or members of the admin group (gid {gid}),"))
+            .unwrap_or_default();
+        Err(RequestError::Denied(format!(
+            "only uid 0 or the daemon's uid {me}{group} may change or verify the cache; the caller is uid {}",
+            caller.uid
+        )))
+    }
 }
 
 /// Whether the group database puts `uid`'s user in group `gid`. A user or
@@ -136,23 +173,6 @@ fn listed_in(uid: u32, gid: u32) -> bool {
 /// A span naming the call and the caller, for the log lines the call makes.
 pub(super) fn span(call: &'static str, caller: &Caller) -> tracing::Span {
     tracing::info_span!("rpc", call, uid = caller.uid, pid = caller.pid)
-}
-
-/// Changing the cache is for admins: root, the daemon's own user, or the
-/// admin group's members. Every user with access to the socket may fetch
-/// and look.
-pub(super) fn require_admin(caller: &Caller) -> Result<(), RequestError> {
-    if caller.admin {
-        return Ok(());
-    }
-    let me = nix::unistd::geteuid().as_raw();
-    let group = crate::config::admin_gid()
-        .map(|gid| format!(", or members of the admin group (gid {gid}),"))
-        .unwrap_or_default();
-    Err(RequestError::Denied(format!(
-        "only uid 0 or the daemon's uid {me}{group} may change or verify the cache; the caller is uid {}",
-        caller.uid
-    )))
 }
 
 /// A `sha256:<hex>` digest.
@@ -462,11 +482,12 @@ mod tests {
     fn admins_are_root_the_daemons_user_and_the_admin_groups_members() {
         let me = nix::unistd::geteuid().as_raw();
         let other = if me == 4242 { 4343 } else { 4242 };
-        assert!(is_admin(0, 0, None));
-        assert!(is_admin(me, 100, None));
-        assert!(!is_admin(other, 100, None));
-        assert!(is_admin(other, 4711, Some(4711)), "by primary gid");
-        assert!(!is_admin(other, 100, Some(4711)));
+        let (none, group) = (Roles::new(None), Roles::new(Some(4711)));
+        assert!(none.is_admin(0, 0));
+        assert!(none.is_admin(me, 100));
+        assert!(!none.is_admin(other, 100));
+        assert!(group.is_admin(other, 4711), "by primary gid");
+        assert!(!group.is_admin(other, 100));
         // Root's user is listed in its own primary group by getgrouplist.
         assert!(listed_in(0, 0));
         assert!(!listed_in(other, 4711));
@@ -474,7 +495,8 @@ mod tests {
 
     #[test]
     fn only_root_and_the_daemons_user_are_admins() {
-        assert!(require_admin(&ROOT).is_ok());
+        let roles = Roles::new(Some(4711));
+        assert!(roles.require_admin(&ROOT).is_ok());
         let me = nix::unistd::geteuid().as_raw();
         let other = Caller {
             uid: if me == 4242 { 4343 } else { 4242 },
@@ -482,7 +504,8 @@ mod tests {
             pid: Some(1),
             admin: false,
         };
-        let err = require_admin(&other).unwrap_err();
+        let err = roles.require_admin(&other).unwrap_err();
         assert!(err.to_string().contains(&other.uid.to_string()), "{err}");
+        assert!(err.to_string().contains("gid 4711"), "{err}");
     }
 }
