@@ -65,6 +65,21 @@ impl Fetcher {
             .await
     }
 
+    /// The transfers running or waiting for a slot. Memory only.
+    pub fn transfers(&self) -> Vec<super::TransferInfo> {
+        self.inner.flights.list()
+    }
+
+    /// Cancels the transfer of `digest`: its callers get
+    /// [`FetchError::Cancelled`] and its temp file goes. Returns how many
+    /// callers waited; [`FetchError::NoTransfer`] when none runs.
+    pub fn cancel(&self, digest: Digest) -> Result<usize, FetchError> {
+        self.inner
+            .flights
+            .cancel(&digest)
+            .ok_or(FetchError::NoTransfer { digest })
+    }
+
     /// Drops `caller`'s pins of `lease` (an admin's: everyone's pins of
     /// that name); returns how many. A lease name is scoped to its owner:
     /// other users' pins of the same name are neither touched nor counted.

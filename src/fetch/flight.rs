@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::Caller;
 use super::{FetchError, Progress};
@@ -152,6 +153,10 @@ pub(super) struct Flight {
     task: OnceLock<AbortHandle>,
     state: watch::Receiver<State>,
     terms: Arc<Mutex<Terms>>,
+    /// The uid of the caller that started it.
+    starter: u32,
+    /// Fired by an admin's cancel: the transfer ends with `Cancelled`.
+    cancel: CancellationToken,
 }
 
 impl Drop for Flight {
@@ -191,6 +196,23 @@ pub(super) struct Launch {
     pub id: u64,
     pub terms: Arc<Mutex<Terms>>,
     pub state: watch::Sender<State>,
+    /// Fires when an admin cancels this transfer.
+    pub cancel: CancellationToken,
+}
+
+/// A running transfer, as an admin sees it.
+#[derive(Debug, Clone)]
+pub struct TransferInfo {
+    /// What it fetches.
+    pub digest: Digest,
+    /// Its URLs, redacted, in the order they are tried.
+    pub urls: Vec<String>,
+    /// How far it is.
+    pub progress: super::Progress,
+    /// Callers waiting on it.
+    pub callers: usize,
+    /// The uid that started it.
+    pub started_by: u32,
 }
 
 /// The running transfers, by digest.
@@ -240,22 +262,59 @@ impl Flights {
         fresh.join(caller, terms, urls, access);
         let terms_arc = Arc::new(Mutex::new(fresh));
         let (tx, rx) = watch::channel(State::default());
+        let cancel = CancellationToken::new();
         let flight = Arc::new(Flight {
             digest,
             id,
             task: OnceLock::new(),
             state: rx,
             terms: terms_arc.clone(),
+            starter: access.uid,
+            cancel: cancel.clone(),
         });
         let task = launch(Launch {
             digest,
             id,
             terms: terms_arc,
             state: tx,
+            cancel,
         });
         let _ = flight.task.set(task);
         map.insert(digest, Arc::downgrade(&flight));
         Joined::Seat(Seat { flight, caller })
+    }
+
+    /// The transfers running (or waiting for a slot), by digest.
+    pub fn list(&self) -> Vec<TransferInfo> {
+        let live: Vec<Arc<Flight>> = lock(&self.map).values().filter_map(Weak::upgrade).collect();
+        let mut all: Vec<TransferInfo> = live
+            .iter()
+            .map(|flight| {
+                let terms = lock(&flight.terms);
+                TransferInfo {
+                    digest: flight.digest,
+                    urls: terms
+                        .urls
+                        .iter()
+                        .map(|(u, _)| u.redacted().to_owned())
+                        .collect(),
+                    progress: flight.state.borrow().progress.clone(),
+                    callers: terms.callers.len(),
+                    started_by: flight.starter,
+                }
+            })
+            .collect();
+        all.sort_by_key(|t| t.digest);
+        all
+    }
+
+    /// Cancels the transfer of `digest`; how many callers waited on it, or
+    /// `None` when none runs.
+    pub fn cancel(&self, digest: &Digest) -> Option<usize> {
+        let flight = lock(&self.map).get(digest).and_then(Weak::upgrade)?;
+        let callers = lock(&flight.terms).callers.len();
+        flight.cancel.cancel();
+        Some(callers)
     }
 
     /// Whether a transfer of `digest` is running.

@@ -36,6 +36,7 @@ use crate::digest::Digest;
 use crate::source::{SourceError, SourceUrl, Sources};
 use crate::store::{AssetInfo, Blob, Store, StoreError};
 pub use admin::{GcReport, VerifyReport};
+pub use flight::TransferInfo;
 use flight::{CallerTerms, Flights, Joined, Seat, State};
 use limits::Limits;
 pub use prewarm::{DEFAULT_CONCURRENCY as DEFAULT_PREWARM_CONCURRENCY, PrewarmEvent, PrewarmKind};
@@ -165,6 +166,18 @@ pub enum FetchError {
     /// The shared transfer this caller waited on failed.
     #[error(transparent)]
     Transfer(Arc<FetchError>),
+    /// An admin cancelled the transfer.
+    #[error("the transfer of {digest} was cancelled by an admin")]
+    Cancelled {
+        /// The digest.
+        digest: Digest,
+    },
+    /// No transfer of this digest is running.
+    #[error("no transfer of {digest} is running")]
+    NoTransfer {
+        /// The digest.
+        digest: Digest,
+    },
     /// The daemon is shutting down.
     #[error("assetd is shutting down")]
     ShuttingDown,

@@ -52,12 +52,14 @@ pub(super) fn spawn(inner: Arc<Inner>, launch: Launch, starter: Caller) -> Abort
             id,
             terms,
             state,
+            cancel,
         } = launch;
         let started = Instant::now();
         let token = inner.lifetime.token.clone();
         let outcome = tokio::select! {
             outcome = run(&inner, digest, &terms, &state, starter) => outcome,
             () = token.cancelled() => Err(Arc::new(FetchError::ShuttingDown)),
+            () = cancel.cancelled() => Err(Arc::new(FetchError::Cancelled { digest })),
         };
         match &outcome {
             Ok((blob, url)) => {

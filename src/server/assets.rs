@@ -6,7 +6,7 @@ use prost::Message as _;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
-use super::convert::{asset, bare_asset, fetch_response};
+use super::convert::{self, asset, bare_asset, fetch_response};
 use super::request::{self, Roles, span};
 use super::{fetch_status, progress, status};
 use crate::fetch::Fetcher;
@@ -226,6 +226,36 @@ impl proto::assets_server::Assets for AssetsService {
         Ok(Response::new(progress::prewarm_events(
             events, digests, caller,
         )))
+    }
+
+    async fn list_transfers(
+        &self,
+        request: Request<proto::ListTransfersRequest>,
+    ) -> Result<Response<proto::ListTransfersResponse>, Status> {
+        let caller = self.roles.caller(&request)?;
+        self.roles.require_admin(&caller)?;
+        let transfers = self
+            .fetcher
+            .transfers()
+            .into_iter()
+            .map(convert::transfer)
+            .collect();
+        Ok(Response::new(proto::ListTransfersResponse { transfers }))
+    }
+
+    async fn cancel_transfer(
+        &self,
+        request: Request<proto::CancelTransferRequest>,
+    ) -> Result<Response<proto::CancelTransferResponse>, Status> {
+        let caller = self.roles.caller(&request)?;
+        self.roles.require_admin(&caller)?;
+        let digest = request::digest(&request.get_ref().digest)?;
+        let callers = self.fetcher.cancel(digest).map_err(|e| status(&e))?;
+        span("CancelTransfer", &caller)
+            .in_scope(|| tracing::info!(%digest, callers, "transfer cancelled"));
+        Ok(Response::new(proto::CancelTransferResponse {
+            callers: u32::try_from(callers).unwrap_or(u32::MAX),
+        }))
     }
 }
 

@@ -1,6 +1,6 @@
 //! Typed results into `assetd.v1` messages.
 
-use crate::fetch::{Fetched, Progress};
+use crate::fetch::{Fetched, Progress, TransferInfo};
 use crate::proto;
 use crate::store::{AssetInfo, Blob};
 
@@ -50,5 +50,16 @@ pub(super) fn bare_asset(blob: Blob) -> proto::Asset {
         size: blob.size,
         added_unix_seconds: blob.added_unix_seconds,
         ..Default::default()
+    }
+}
+
+/// A running transfer, for admins.
+pub(super) fn transfer(t: TransferInfo) -> proto::Transfer {
+    proto::Transfer {
+        digest: t.digest.to_string(),
+        urls: t.urls,
+        progress: Some(progress(&t.progress)),
+        callers: u32::try_from(t.callers).unwrap_or(u32::MAX),
+        started_by_uid: t.started_by,
     }
 }

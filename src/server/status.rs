@@ -84,6 +84,8 @@ fn code(err: &FetchError) -> Code {
             Code::Unavailable
         }
         FetchError::InProgress { .. } => Code::FailedPrecondition,
+        FetchError::Cancelled { .. } => Code::Cancelled,
+        FetchError::NoTransfer { .. } => Code::NotFound,
         FetchError::Panicked { .. } | FetchError::Lost { .. } => Code::Internal,
         FetchError::Transfer(inner) => code(inner),
     }

@@ -209,3 +209,62 @@ print(time.monotonic() - start)
     // admitted again.
     assert_eq!(connections_as_nobody(&daemon.socket, 1), (1, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_see_and_cancel_any_users_transfer() {
+    if !root_or_skip() {
+        return;
+    }
+    let http = HttpServer::start().await;
+    let body = random_bytes(64 << 10, 620);
+    let digest = digest_of(&body);
+    let gate = crate::common::http::Gate::default();
+    let url = http.route("/held", Reply::held(&gate, Reply::Body(body.clone())));
+    let daemon = TestDaemon::start();
+    daemon.open_to_everyone();
+    let mut fetching = fetch_as_nobody(&daemon, &url, &digest);
+    wait_until(Duration::from_secs(10), "nobody's transfer asks", || {
+        http.requests_to("/held") == 1
+    })
+    .await;
+
+    // Others may not look, nor cancel.
+    let denied = as_nobody(env!("CARGO_BIN_EXE_assetctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("transfers")
+        .output()
+        .unwrap();
+    assert_eq!(denied.status.code(), Some(6), "{denied:?}");
+
+    let mut client = daemon.client().await;
+    let listed = client
+        .list_transfers(assetd::proto::ListTransfersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .transfers;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].digest, digest);
+    assert_eq!(listed[0].callers, 1);
+    assert_eq!(listed[0].started_by_uid, 65534);
+    assert!(listed[0].urls[0].ends_with("/held"), "{:?}", listed[0].urls);
+
+    let cancelled = client
+        .cancel_transfer(assetd::proto::CancelTransferRequest {
+            digest: digest.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.callers, 1);
+    let status = fetching.wait().unwrap();
+    assert_eq!(status.code(), Some(11), "the caller hears CANCELLED");
+    gate.open();
+    daemon.wait_ingest_empty(Duration::from_secs(5)).await;
+    daemon.assert_empty();
+    let again = client
+        .cancel_transfer(assetd::proto::CancelTransferRequest { digest })
+        .await;
+    assert_eq!(again.unwrap_err().code(), tonic::Code::NotFound);
+}

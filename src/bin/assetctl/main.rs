@@ -100,6 +100,13 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// List the transfers running or waiting for a slot (admins)
+    Transfers,
+    /// Cancel the transfer of an asset; its callers get CANCELLED (admins)
+    Cancel {
+        /// The asset (sha256:<64 hex>)
+        digest: String,
+    },
     /// Re-hash cached assets; corrupt ones go to quarantine
     Verify {
         /// One asset (sha256:<64 hex>); all when absent
@@ -233,6 +240,8 @@ async fn call(
         }
         Command::Gc { dry_run } => gc(client, dry_run, out).await,
         Command::Verify { digest } => verify(client, digest, out).await,
+        Command::Transfers => transfers(client, out).await,
+        Command::Cancel { digest } => cancel(client, digest, out).await,
         Command::Prewarm { .. } => Err(Status::internal("prewarm without a manifest")),
     }
 }
@@ -397,6 +406,45 @@ async fn gc(client: &mut AssetsClient<Channel>, dry_run: bool, out: &Output) -> 
     let evicted: Vec<&str> = report.evicted.iter().map(|a| a.digest.as_str()).collect();
     let value = json!({"dry_run": dry_run, "evicted": evicted, "bytes": report.bytes, "lapsed_pins": report.lapsed_pins});
     out.either(value, &text);
+    Ok(())
+}
+
+async fn transfers(client: &mut AssetsClient<Channel>, out: &Output) -> Result<(), Status> {
+    let listed = client
+        .list_transfers(proto::ListTransfersRequest {})
+        .await?
+        .into_inner();
+    let mut text = format!("{} transfers", listed.transfers.len());
+    let mut rows = Vec::new();
+    for t in &listed.transfers {
+        let p = t.progress.clone().unwrap_or_default();
+        text.push_str(&format!(
+            "\n  {}  {} of {}  {} callers  uid {}  {}",
+            t.digest,
+            human(p.bytes_done),
+            human(p.bytes_total),
+            t.callers,
+            t.started_by_uid,
+            t.urls.join(" ")
+        ));
+        rows.push(json!({"digest": t.digest, "urls": t.urls, "bytes_done": p.bytes_done,
+            "bytes_total": p.bytes_total, "callers": t.callers, "started_by_uid": t.started_by_uid}));
+    }
+    out.either(json!(rows), &text);
+    Ok(())
+}
+
+async fn cancel(
+    client: &mut AssetsClient<Channel>,
+    digest: String,
+    out: &Output,
+) -> Result<(), Status> {
+    let req = proto::CancelTransferRequest {
+        digest: digest.clone(),
+    };
+    let callers = client.cancel_transfer(req).await?.into_inner().callers;
+    let text = format!("cancelled the transfer of {digest} ({callers} callers)");
+    out.either(json!({"digest": digest, "callers": callers}), &text);
     Ok(())
 }
 
