@@ -82,8 +82,13 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::StatRequest>,
     ) -> Result<Response<proto::StatResponse>, Status> {
+        let caller = self.roles.caller(&request)?;
         let digest = request::digest(&request.get_ref().digest)?;
-        let info = self.fetcher.stat(digest).map_err(|e| status(&e))?;
+        let mut info = self.fetcher.stat(digest).map_err(|e| status(&e))?;
+        // Others' leases are theirs: a non-admin sees only its own pins.
+        if !caller.admin {
+            info.pins.retain(|p| p.owner == caller.uid);
+        }
         Ok(Response::new(proto::StatResponse {
             asset: Some(asset(info)),
         }))
@@ -93,6 +98,7 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListResponse>, Status> {
+        let caller = self.roles.caller(&request)?;
         let req = request.into_inner();
         let after = request::page_token(&req.page_token)?;
         let page_size = match req.page_size as usize {
@@ -107,6 +113,8 @@ impl proto::assets_server::Assets for AssetsService {
             lease: nonempty(req.lease),
             url_prefix: request::url_prefix(req.url_prefix)?,
             unleased: req.unleased,
+            // A non-admin's lease filters and the pins it sees are its own.
+            owner: (!caller.admin).then_some(caller.uid),
         };
         let found = self.fetcher.list(&query);
         Ok(Response::new(page(found, page_size, MAX_PAGE_BYTES)))

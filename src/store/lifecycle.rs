@@ -45,6 +45,9 @@ pub struct ListQuery {
     pub url_prefix: Option<String>,
     /// Only assets no lease holds.
     pub unleased: bool,
+    /// Only this uid's pins count (for the filters) and are shown; `None`
+    /// for everyone's (an admin's view).
+    pub owner: Option<u32>,
 }
 
 /// When the cache is too big.
@@ -105,7 +108,11 @@ impl Store {
         index
             .range_after(query.after.as_ref())
             .filter(|(_, e)| {
-                let held = || e.pins.iter().filter(|p| p.holds(now));
+                let held = || {
+                    e.pins
+                        .iter()
+                        .filter(|p| p.holds(now) && query.owner.is_none_or(|o| p.owner == o))
+                };
                 query
                     .lease
                     .as_ref()
@@ -117,7 +124,13 @@ impl Store {
                     && (!query.unleased || held().next().is_none())
             })
             .take(query.limit)
-            .map(|(d, e)| self.asset_info(d, e, now))
+            .map(|(d, e)| {
+                let mut info = self.asset_info(d, e, now);
+                if let Some(owner) = query.owner {
+                    info.pins.retain(|p| p.owner == owner);
+                }
+                info
+            })
             .collect()
     }
 
