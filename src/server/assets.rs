@@ -50,7 +50,7 @@ impl proto::assets_server::Assets for AssetsService {
     ) -> Result<Response<proto::FetchResponse>, Status> {
         // No span: this is the hot path, and the fetch layer's log lines
         // carry the caller themselves.
-        let caller = self.roles.caller(&request)?;
+        let caller = self.roles.caller(&request).await?;
         let want = request::want(request.into_inner(), caller, &self.urls)?;
         let fetched = self
             .fetcher
@@ -66,7 +66,7 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::FetchRequest>,
     ) -> Result<Response<Self::FetchProgressStream>, Status> {
-        let caller = self.roles.caller(&request)?;
+        let caller = self.roles.caller(&request).await?;
         let want = request::want(request.into_inner(), caller, &self.urls)?;
         let span = span("FetchProgress", &caller);
         let started = self
@@ -82,7 +82,7 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::StatRequest>,
     ) -> Result<Response<proto::StatResponse>, Status> {
-        let caller = self.roles.caller(&request)?;
+        let caller = self.roles.caller(&request).await?;
         let digest = request::digest(&request.get_ref().digest)?;
         let mut info = self.fetcher.stat(digest).map_err(|e| status(&e))?;
         // Others' leases are theirs: a non-admin sees only its own pins.
@@ -98,7 +98,7 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListResponse>, Status> {
-        let caller = self.roles.caller(&request)?;
+        let caller = self.roles.caller(&request).await?;
         let req = request.into_inner();
         let after = request::page_token(&req.page_token)?;
         let page_size = match req.page_size as usize {
@@ -124,7 +124,7 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
-        let caller = self.roles.caller(&request)?;
+        let caller = self.roles.caller(&request).await?;
         self.roles.require_admin(&caller)?;
         let digest = request::digest(&request.get_ref().digest)?;
         let force = request.get_ref().force;
@@ -142,7 +142,7 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::ReleaseLeaseRequest>,
     ) -> Result<Response<proto::ReleaseLeaseResponse>, Status> {
-        let caller = self.roles.caller(&request)?;
+        let caller = self.roles.caller(&request).await?;
         let lease = request::lease(request.into_inner().lease)?;
         let released = self
             .fetcher
@@ -160,7 +160,7 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::GcRequest>,
     ) -> Result<Response<proto::GcResponse>, Status> {
-        let caller = self.roles.caller(&request)?;
+        let caller = self.roles.caller(&request).await?;
         self.roles.require_admin(&caller)?;
         let dry_run = request.get_ref().dry_run;
         let report = self.fetcher.gc(dry_run).await.map_err(|e| status(&e))?;
@@ -186,7 +186,7 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::VerifyRequest>,
     ) -> Result<Response<proto::VerifyResponse>, Status> {
-        let caller = self.roles.caller(&request)?;
+        let caller = self.roles.caller(&request).await?;
         self.roles.require_admin(&caller)?;
         let digest = request::optional_digest(&request.get_ref().digest)?;
         let report = self.fetcher.verify(digest).await.map_err(|e| status(&e))?;
@@ -211,7 +211,7 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::PrewarmRequest>,
     ) -> Result<Response<Self::PrewarmStream>, Status> {
-        let caller = self.roles.caller(&request)?;
+        let caller = self.roles.caller(&request).await?;
         let req = request.into_inner();
         let mut digests = Vec::with_capacity(req.assets.len());
         let mut wants = Vec::with_capacity(req.assets.len());
@@ -240,7 +240,7 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::ListTransfersRequest>,
     ) -> Result<Response<proto::ListTransfersResponse>, Status> {
-        let caller = self.roles.caller(&request)?;
+        let caller = self.roles.caller(&request).await?;
         self.roles.require_admin(&caller)?;
         let transfers = self
             .fetcher
@@ -255,7 +255,7 @@ impl proto::assets_server::Assets for AssetsService {
         &self,
         request: Request<proto::CancelTransferRequest>,
     ) -> Result<Response<proto::CancelTransferResponse>, Status> {
-        let caller = self.roles.caller(&request)?;
+        let caller = self.roles.caller(&request).await?;
         self.roles.require_admin(&caller)?;
         let digest = request::digest(&request.get_ref().digest)?;
         let callers = self.fetcher.cancel(digest).map_err(|e| status(&e))?;

@@ -79,7 +79,7 @@ impl Roles {
 
     /// The caller of `request`, from the socket's peer credentials, with
     /// its role.
-    pub(super) fn caller<T>(&self, request: &Request<T>) -> Result<Caller, RequestError> {
+    pub(super) async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, RequestError> {
         let cred = request
             .extensions()
             .get::<UdsConnectInfo>()
@@ -94,7 +94,7 @@ impl Roles {
             uid,
             gid,
             pid: cred.pid(),
-            admin: self.is_admin(uid, gid),
+            admin: self.is_admin(uid, gid).await,
         })
     }
 
@@ -102,18 +102,18 @@ impl Roles {
     /// user, or a member of the admin group: by the primary gid the peer
     /// credentials carry, or as the group database lists the user's groups
     /// (peer credentials carry no supplementary groups).
-    fn is_admin(&self, uid: u32, gid: u32) -> bool {
+    async fn is_admin(&self, uid: u32, gid: u32) -> bool {
         if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
             return true;
         }
         let Some(admins) = self.admin_gid else {
             return false;
         };
-        gid == admins || self.listed_in_cached(uid, admins)
+        gid == admins || self.listed_in_cached(uid, admins).await
     }
 
     /// [`listed_in`], remembered for [`MEMBERSHIP_TTL`] by (uid, group).
-    fn listed_in_cached(&self, uid: u32, gid: u32) -> bool {
+    async fn listed_in_cached(&self, uid: u32, gid: u32) -> bool {
         let lock = || self.known.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         if let Some(&(listed, at)) = lock().get(&(uid, gid))
@@ -121,7 +121,10 @@ impl Roles {
         {
             return listed;
         }
-        let listed = listed_in(uid, gid);
+        // The group database may be NSS over the network: off the runtime.
+        let listed = tokio::task::spawn_blocking(move || listed_in(uid, gid))
+            .await
+            .unwrap_or(false);
         let mut known = lock();
         if known.len() >= MEMBERSHIP_ENTRIES {
             known.clear();
@@ -478,16 +481,16 @@ mod tests {
         assert!(!urls.parsed.lock().unwrap().contains_key("no scheme"));
     }
 
-    #[test]
-    fn admins_are_root_the_daemons_user_and_the_admin_groups_members() {
+    #[tokio::test]
+    async fn admins_are_root_the_daemons_user_and_the_admin_groups_members() {
         let me = nix::unistd::geteuid().as_raw();
         let other = if me == 4242 { 4343 } else { 4242 };
         let (none, group) = (Roles::new(None), Roles::new(Some(4711)));
-        assert!(none.is_admin(0, 0));
-        assert!(none.is_admin(me, 100));
-        assert!(!none.is_admin(other, 100));
-        assert!(group.is_admin(other, 4711), "by primary gid");
-        assert!(!group.is_admin(other, 100));
+        assert!(none.is_admin(0, 0).await);
+        assert!(none.is_admin(me, 100).await);
+        assert!(!none.is_admin(other, 100).await);
+        assert!(group.is_admin(other, 4711).await, "by primary gid");
+        assert!(!group.is_admin(other, 100).await);
         // Root's user is listed in its own primary group by getgrouplist.
         assert!(listed_in(0, 0));
         assert!(!listed_in(other, 4711));
