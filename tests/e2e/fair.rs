@@ -5,22 +5,13 @@ use std::time::Duration;
 
 use crate::common::http::{HttpServer, Reply};
 use crate::common::{
-    TestDaemon, as_nobody, digest_of, fetch_req, random_bytes, root_or_skip, wait_until,
+    TestDaemon, as_nobody, digest_of, fetch_req, python, random_bytes, root_or_skip, wait_until,
 };
-
-/// A python3 that uid 65534 may run (a pyenv shim under /root is not).
-fn python() -> &'static str {
-    ["/usr/bin/python3", "/usr/local/bin/python3"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("python3")
-}
 
 /// `assetctl fetch` as uid/gid 65534 (nobody), in the background.
 fn fetch_as_nobody(daemon: &TestDaemon, url: &str, digest: &str) -> Child {
-    as_nobody(env!("CARGO_BIN_EXE_assetctl"))
-        .arg("--socket")
-        .arg(&daemon.socket)
+    daemon
+        .assetctl_as_nobody()
         .args(["fetch", "--quiet", url, "--digest", digest])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -229,9 +220,8 @@ async fn admins_see_and_cancel_any_users_transfer() {
     .await;
 
     // Others may not look, nor cancel.
-    let denied = as_nobody(env!("CARGO_BIN_EXE_assetctl"))
-        .arg("--socket")
-        .arg(&daemon.socket)
+    let denied = daemon
+        .assetctl_as_nobody()
         .arg("transfers")
         .output()
         .unwrap();

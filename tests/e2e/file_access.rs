@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::{TestDaemon, WRONG_DIGEST, as_nobody, digest_of, random_bytes, root_or_skip};
+use crate::common::{TestDaemon, WRONG_DIGEST, digest_of, random_bytes, root_or_skip};
 
 /// What a non-admin is told for a file it could not read, whether or not
 /// the file exists.
@@ -20,12 +20,7 @@ const GROUP: &str = "assetd-test-admins";
 
 /// `assetctl --socket S <args>` as uid and gid 65534 with no other groups.
 fn nobody(daemon: &TestDaemon, args: &[&str]) -> Output {
-    as_nobody(env!("CARGO_BIN_EXE_assetctl"))
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .args(args)
-        .output()
-        .unwrap()
+    daemon.assetctl_as_nobody().args(args).output().unwrap()
 }
 
 fn stderr(out: &Output) -> String {

@@ -222,14 +222,7 @@ async fn assetctl_denied_by_socket_mode_exits_6_naming_the_group() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o660);
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_assetctl"))
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .arg("ls")
-        .output()
-        .unwrap();
+    let out = daemon.assetctl_as_nobody().arg("ls").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(6), "{stderr}");
     assert!(stderr.contains("permission denied"), "{stderr}");

@@ -11,17 +11,15 @@ use assetd::proto::{LeaseHold, ReleaseLeaseRequest, StatRequest};
 
 use crate::common::http::{HttpServer, Reply};
 use crate::common::{
-    TestDaemon, as_nobody, digest_of, fetch_req, random_bytes, root_or_skip, serve_assets,
-    wait_until,
+    TestDaemon, digest_of, fetch_req, random_bytes, root_or_skip, serve_assets, wait_until,
 };
 
 const NOBODY: u32 = 65534;
 
 /// `assetctl --json ARGS` as nobody against `daemon`.
 fn nobody(daemon: &TestDaemon, args: &[&str]) -> Output {
-    as_nobody(env!("CARGO_BIN_EXE_assetctl"))
-        .arg("--socket")
-        .arg(&daemon.socket)
+    daemon
+        .assetctl_as_nobody()
         .arg("--json")
         .args(args)
         .output()
@@ -207,9 +205,8 @@ fn prewarm_as_nobody(daemon: &TestDaemon, name: &str, assets: &[(String, String)
     }
     std::fs::write(&path, toml).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    as_nobody(env!("CARGO_BIN_EXE_assetctl"))
-        .arg("--socket")
-        .arg(&daemon.socket)
+    daemon
+        .assetctl_as_nobody()
         .arg("prewarm")
         .arg(&path)
         .stdout(Stdio::null())

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::common::http::{HttpServer, Reply};
-use crate::common::{TestDaemon, WRONG_DIGEST, as_nobody, digest_of, random_bytes, root_or_skip};
+use crate::common::{TestDaemon, WRONG_DIGEST, digest_of, random_bytes, root_or_skip};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mismatch_tells_others_what_they_expected_not_what_was_there() {
@@ -17,9 +17,8 @@ async fn a_mismatch_tells_others_what_they_expected_not_what_was_there() {
     let daemon = TestDaemon::start();
     daemon.open_to_everyone();
 
-    let out = as_nobody(env!("CARGO_BIN_EXE_assetctl"))
-        .arg("--socket")
-        .arg(&daemon.socket)
+    let out = daemon
+        .assetctl_as_nobody()
         .args([
             "fetch",
             "--quiet",
@@ -39,9 +38,8 @@ async fn a_mismatch_tells_others_what_they_expected_not_what_was_there() {
         "the declared size leaked: {stderr}"
     );
 
-    let out = as_nobody(env!("CARGO_BIN_EXE_assetctl"))
-        .arg("--socket")
-        .arg(&daemon.socket)
+    let out = daemon
+        .assetctl_as_nobody()
         .args(["fetch", "--quiet", &url, "--digest", WRONG_DIGEST])
         .output()
         .unwrap();
@@ -79,12 +77,7 @@ async fn others_leases_are_not_shown() {
         .await
         .unwrap();
     let nobody = |args: &[&str]| {
-        let out = as_nobody(env!("CARGO_BIN_EXE_assetctl"))
-            .arg("--socket")
-            .arg(&daemon.socket)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = daemon.assetctl_as_nobody().args(args).output().unwrap();
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };

@@ -155,6 +155,14 @@ impl TestDaemon {
         fs::set_permissions(&self.socket, fs::Permissions::from_mode(0o666)).expect("chmod socket");
     }
 
+    /// `assetctl --socket <this daemon's socket>`, to be run as uid 65534
+    /// (see [`as_nobody`]); add the rest of the arguments.
+    pub fn assetctl_as_nobody(&self) -> Command {
+        let mut cmd = as_nobody(env!("CARGO_BIN_EXE_assetctl"));
+        cmd.arg("--socket").arg(&self.socket);
+        cmd
+    }
+
     /// Sends SIGTERM without waiting for the daemon to exit.
     pub fn sigterm(&self) {
         let child = self.child.as_ref().expect("running");
@@ -377,6 +385,14 @@ pub fn as_nobody(program: impl AsRef<std::ffi::OsStr>) -> Command {
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(program);
     cmd
+}
+
+/// A python3 that uid 65534 may run (a pyenv shim under /root is not).
+pub fn python() -> &'static str {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("python3")
 }
 
 /// True when the tests run as root (needed to run callers as another uid);
