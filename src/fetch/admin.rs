@@ -137,11 +137,6 @@ impl Fetcher {
         self.inner.store.meta_writable()
     }
 
-    /// How many assets and bytes are cached. Memory only.
-    pub fn totals(&self) -> (usize, u64) {
-        self.inner.store.totals()
-    }
-
     /// The daemon's upkeep until shutdown: last-use times flushed every few
     /// seconds, garbage collected every `gc_interval`, and a last flush at
     /// the end. Each failure is logged here, where it is handled.
