@@ -35,6 +35,10 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 64;
 /// Time a client has to send the HTTP/2 preface: ample for any client on
 /// the same node, short enough that silent connections don't pile up.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a connection may stay open with no call and nothing but pings:
+/// a runtime that keeps a channel between sandbox starts reconnects
+/// transparently, and an abandoned connection frees its user's slot.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Tries per URL (the count starts over whenever a try made progress).
 pub const DEFAULT_ATTEMPTS: u32 = 5;
 /// No bytes for this long is a failure: long enough for a slow CDN's first
@@ -94,6 +98,9 @@ pub struct ServerConfig {
     /// A connection whose HTTP/2 preface has not arrived in this long is
     /// closed.
     pub handshake_timeout: Seconds,
+    /// A connection with no call open and nothing but pings from the
+    /// client for this long is closed; 0 for never.
+    pub idle_timeout: Seconds,
     /// A group whose members are admins too (besides root and the daemon's
     /// user): by primary gid, or listed as members in the group database.
     pub admin_group: Option<String>,
@@ -224,6 +231,7 @@ impl Default for ServerConfig {
             socket: default_paths().1,
             max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
             handshake_timeout: Seconds(DEFAULT_HANDSHAKE_TIMEOUT),
+            idle_timeout: Seconds(DEFAULT_IDLE_TIMEOUT),
             admin_group: None,
             admin_gid: None,
         }

@@ -76,6 +76,10 @@ struct Args {
     /// closed [default: 10s]
     #[arg(long)]
     handshake_timeout: Option<Seconds>,
+    /// A connection with no call open and nothing but pings for this long
+    /// is closed; 0s for never [default: 5m]
+    #[arg(long)]
+    idle_timeout: Option<Seconds>,
     /// Tries per URL before the next mirror (starts over after progress) [default: 5]
     #[arg(long)]
     attempts: Option<u32>,
@@ -134,6 +138,7 @@ impl Args {
             self.max_connections_per_uid,
         );
         set(&mut config.server.handshake_timeout, self.handshake_timeout);
+        set(&mut config.server.idle_timeout, self.idle_timeout);
         if !self.file_roots.is_empty() {
             config.sources.file_roots = self.file_roots;
         }

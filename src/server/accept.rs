@@ -1,7 +1,9 @@
 //! Accepting connections: at most so many open connections per user (admins
 //! exempt), a pause after an accept error (the file-descriptor limit, say)
 //! instead of a spin at 100% CPU, and a deadline for the client's HTTP/2
-//! preface. A connection that has spoken is kept alive by HTTP/2 pings (see
+//! preface. A connection with no call open and nothing but pings from the
+//! client closes after the idle timeout (see [`super::idle`]). A connection
+//! that has spoken is kept alive by HTTP/2 pings (see
 //! [`super::serve`]): one whose peer stops answering them is closed.
 
 use std::collections::HashMap;
@@ -51,6 +53,7 @@ pub(super) fn incoming(
     listener: UnixListener,
     per_uid: usize,
     handshake_timeout: Duration,
+    idle_timeout: Duration,
 ) -> impl Stream<Item = io::Result<FixAuthority>> {
     let counts: Counts = Arc::default();
     let warned = Arc::new(Warned::default());
@@ -61,9 +64,12 @@ pub(super) fn incoming(
                 match listener.accept().await {
                     Ok((stream, _)) => match admit(&stream, &counts, per_uid) {
                         Ok(slot) => {
-                            let conn = FixAuthority::new(stream)
+                            let mut conn = FixAuthority::new(stream)
                                 .with_slot(slot)
                                 .with_handshake_timeout(handshake_timeout);
+                            if !idle_timeout.is_zero() {
+                                conn = conn.with_idle_timeout(idle_timeout);
+                            }
                             return Some((Ok(conn), listener));
                         }
                         Err(uid) => warned.warn(|| {

@@ -24,6 +24,7 @@ use std::future::Future as _;
 use std::io;
 use std::ops::Range;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BytesMut};
@@ -32,11 +33,14 @@ use tokio::net::UnixStream;
 use tonic::codegen::http::uri::Authority;
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
+use super::idle::{Activity, IdleClock};
+
 /// What an HTTP/2 client sends first (RFC 9113 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Length, type, flags and stream id (RFC 9113 4.1).
 const FRAME_HEADER_LEN: usize = 9;
 const HEADERS: u8 = 0x1;
+const PING: u8 = 0x6;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
@@ -64,18 +68,47 @@ pub struct FixAuthority {
     /// When a client that has not sent the HTTP/2 preface yet is cut off:
     /// a connection that never speaks must not hold a slot for ever.
     handshake: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When a connection with no call open and nothing but pings from the
+    /// client is cut off.
+    idle: Option<IdleClock>,
+    /// What handlers learn of the connection: the peer, and the count of
+    /// open calls the idle clock reads.
+    info: ConnInfo,
+}
+
+/// What handlers learn of a connection (tonic puts it in each request's
+/// extensions).
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The peer's address and credentials.
+    pub uds: UdsConnectInfo,
+    /// The connection's open calls.
+    pub(super) activity: Arc<Activity>,
 }
 
 impl FixAuthority {
     /// Wraps a freshly accepted connection (nothing read from it yet).
     pub fn new(inner: UnixStream) -> Self {
+        let info = ConnInfo {
+            uds: inner.connect_info(),
+            activity: Arc::default(),
+        };
         Self {
             inner,
             state: State::Preface(0),
             parsed: BytesMut::new(),
             _slot: None,
             handshake: None,
+            idle: None,
+            info,
         }
+    }
+
+    /// The same, read as ended once it has had no call open and no frame
+    /// but pings from the client for `timeout`.
+    pub(super) fn with_idle_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.idle = Some(IdleClock::new(self.info.activity.clone(), timeout));
+        self
     }
 
     /// The same, read as ended if the preface has not arrived within
@@ -93,11 +126,11 @@ impl FixAuthority {
 }
 
 impl Connected for FixAuthority {
-    type ConnectInfo = UdsConnectInfo;
+    type ConnectInfo = ConnInfo;
 
     /// The peer's address and credentials, which handlers check.
-    fn connect_info(&self) -> UdsConnectInfo {
-        self.inner.connect_info()
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
     }
 }
 
@@ -116,6 +149,12 @@ impl AsyncRead for FixAuthority {
                 return Poll::Ready(Ok(()));
             }
         }
+        if let Some(idle) = &mut this.idle
+            && idle.poll_expired(cx)
+        {
+            // Idle too long: the connection reads as ended.
+            return Poll::Ready(Ok(()));
+        }
         while this.parsed.is_empty() && buf.remaining() > 0 {
             if matches!(this.state, State::PassThrough) {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -127,8 +166,10 @@ impl AsyncRead for FixAuthority {
             if raw.filled().is_empty() {
                 // End of file: from now on the socket reports it directly.
                 this.state.finish(&mut this.parsed);
-            } else {
-                this.state.feed(raw.filled(), &mut this.parsed);
+            } else if this.state.feed(raw.filled(), &mut this.parsed)
+                && let Some(idle) = &mut this.idle
+            {
+                idle.touch();
             }
         }
         let n = this.parsed.len().min(buf.remaining());
@@ -189,16 +230,19 @@ enum State {
 }
 
 impl State {
-    /// Parses `input`, appending what may go on to h2 to `out`.
-    fn feed(&mut self, mut input: &[u8], out: &mut BytesMut) {
+    /// Parses `input`, appending what may go on to h2 to `out`; whether a
+    /// frame other than a PING began in it.
+    fn feed(&mut self, mut input: &[u8], out: &mut BytesMut) -> bool {
+        let mut active = false;
         while !input.is_empty() {
-            input = self.step(input, out);
+            input = self.step(input, out, &mut active);
         }
+        active
     }
 
     /// Parses a prefix of `input` (at least one byte unless a frame's
     /// payload is empty); returns the rest.
-    fn step<'a>(&mut self, input: &'a [u8], out: &mut BytesMut) -> &'a [u8] {
+    fn step<'a>(&mut self, input: &'a [u8], out: &mut BytesMut, active: &mut bool) -> &'a [u8] {
         match self {
             State::Preface(seen) => {
                 let (now, rest) = input.split_at(input.len().min(PREFACE.len() - *seen));
@@ -217,6 +261,7 @@ impl State {
                 *have += now.len();
                 out.extend_from_slice(now);
                 if *have == FRAME_HEADER_LEN {
+                    *active |= header[3] != PING;
                     *self = State::payload(*header);
                 }
                 rest
@@ -630,7 +675,7 @@ mod tests {
         for (input, expected) in [capture(), (not_h2.clone(), not_h2)] {
             let (mut client, server) = UnixStream::pair().unwrap();
             let mut server = FixAuthority::new(server);
-            assert!(server.connect_info().peer_cred.is_some());
+            assert!(server.connect_info().uds.peer_cred.is_some());
             let writer = tokio::spawn(async move {
                 for chunk in input.chunks(7) {
                     client.write_all(chunk).await.unwrap();

@@ -11,6 +11,7 @@ mod accept;
 mod assets;
 mod authority;
 mod convert;
+mod idle;
 mod progress;
 mod request;
 mod socket;
@@ -165,11 +166,14 @@ pub async fn serve(
         unix,
         config.max_connections_per_uid,
         config.handshake_timeout.0,
+        config.idle_timeout.0,
     );
     let serving = Server::builder()
         // A peer that stops answering pings (gone, or hostile) is closed.
         .http2_keepalive_interval(Some(KEEPALIVE_EVERY))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        // Marks each open call on its connection, for the idle clock.
+        .layer(idle::TrackCalls)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

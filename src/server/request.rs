@@ -6,7 +6,6 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tonic::Request;
-use tonic::transport::server::UdsConnectInfo;
 
 use super::RequestError;
 use crate::digest::Digest;
@@ -82,8 +81,8 @@ impl Roles {
     pub(super) async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, RequestError> {
         let cred = request
             .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
+            .get::<super::authority::ConnInfo>()
+            .and_then(|info| info.uds.peer_cred)
             .ok_or_else(|| {
                 RequestError::Denied(
                     "the caller's credentials are unknown (not a unix socket)".into(),

@@ -258,3 +258,71 @@ async fn admins_see_and_cancel_any_users_transfer() {
         .await;
     assert_eq!(again.unwrap_err().code(), tonic::Code::NotFound);
 }
+
+/// Speaks just enough HTTP/2 to open a connection, then pings it every
+/// 200 ms and returns how long the daemon kept it open.
+async fn ping_until_closed(socket: &std::path::Path) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    write
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let pinger = tokio::spawn(async move {
+        let ping = b"\0\0\x08\x06\0\0\0\0\0pingpong";
+        while write.write_all(ping).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut buf = vec![0; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    pinger.abort();
+    assert!(
+        closed.is_ok(),
+        "a connection sending only pings stayed open"
+    );
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_even_if_it_pings() {
+    let daemon = TestDaemon::start_with(&["--idle-timeout", "1s"]);
+    let open = ping_until_closed(&daemon.socket).await;
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(8)).contains(&open),
+        "closed after {open:?}"
+    );
+
+    // With the timeout off, the same connection stays.
+    let daemon = TestDaemon::start_with(&["--idle-timeout", "0s"]);
+    let socket = daemon.socket.clone();
+    let kept = tokio::time::timeout(Duration::from_secs(3), ping_until_closed(&socket)).await;
+    assert!(kept.is_err(), "closed though --idle-timeout is 0s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_call_longer_than_the_idle_timeout_is_not_cut() {
+    let http = HttpServer::start().await;
+    let body = random_bytes(64 << 10, 621);
+    let digest = digest_of(&body);
+    let gate = crate::common::http::Gate::default();
+    let url = http.route("/held", Reply::held(&gate, Reply::Body(body.clone())));
+    let daemon = TestDaemon::start_with(&["--idle-timeout", "1s"]);
+    let mut client = daemon.client().await;
+    let opener = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        gate.open();
+    });
+    let fetched = client.fetch(fetch_req(&url, &digest, "")).await;
+    opener.await.unwrap();
+    let done = fetched
+        .expect("a call quiet for 3 s is not cut")
+        .into_inner();
+    assert_eq!(done.digest, digest);
+    assert!(!done.cache_hit);
+}
