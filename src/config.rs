@@ -47,6 +47,11 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The slowest transfer rate accepted, bytes a second, over a stall-timeout
 /// window: 1 KiB/s is far below any working link and far above a trickle.
 pub const DEFAULT_MIN_RATE: u64 = 1 << 10;
+/// Longest one try at a URL may take, however fast bytes arrive: with
+/// `attempts` tries (each resuming where the last stopped) a transfer can
+/// hold its slot at most this times `attempts`. An hour moves 8 GiB at
+/// 2.4 MB/s.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Free space kept on the store's file system for logs and the node's other
 /// work: 512 MiB.
 pub const DEFAULT_RESERVE_FREE: u64 = 512 << 20;
@@ -157,6 +162,9 @@ pub struct FetchConfig {
     /// Fewer bytes a second than this, over a `stall_timeout` window, is a
     /// stall too: a source trickling a byte now and then can't hold a slot.
     pub min_rate: ByteSize,
+    /// Longest one try may take; past it the try fails (and counts against
+    /// the URL's tries even when it brought bytes); 0 for no limit.
+    pub attempt_timeout: Seconds,
     /// Free space to keep on the store's file system.
     pub reserve_free: ByteSize,
     /// Prewarm assets one user may have queued or running (admins exempt);
@@ -269,6 +277,7 @@ impl Default for FetchConfig {
             attempts: DEFAULT_ATTEMPTS,
             stall_timeout: Seconds(DEFAULT_STALL_TIMEOUT),
             min_rate: ByteSize(DEFAULT_MIN_RATE),
+            attempt_timeout: Seconds(DEFAULT_ATTEMPT_TIMEOUT),
             reserve_free: ByteSize(DEFAULT_RESERVE_FREE),
             max_prewarm_per_uid: DEFAULT_MAX_PREWARM_PER_UID,
         }

@@ -90,6 +90,10 @@ struct Args {
     /// (slower is a stall, retried); 0 for none [default: 1KiB]
     #[arg(long)]
     min_rate: Option<ByteSize>,
+    /// Longest one try at a URL may take (it resumes on the next try, but
+    /// counts as a failed try); 0s for no limit [default: 60m]
+    #[arg(long)]
+    attempt_timeout: Option<Seconds>,
     /// Most bytes of cached assets; least recently used unleased ones are
     /// evicted past it (0: no cap) [default: 0]
     #[arg(long)]
@@ -165,6 +169,7 @@ impl Args {
         set(&mut fetch.attempts, self.attempts);
         set(&mut fetch.stall_timeout, self.stall_timeout);
         set(&mut fetch.min_rate, self.min_rate);
+        set(&mut fetch.attempt_timeout, self.attempt_timeout);
         set(&mut fetch.reserve_free, self.reserve_free);
         let cache = &mut config.cache;
         set(&mut cache.max_cache_bytes, self.max_cache_bytes);

@@ -124,6 +124,14 @@ pub enum FetchError {
         /// The minimum rate, bytes a second.
         min_rate: u64,
     },
+    /// One try took longer than the attempt timeout.
+    #[error("{url}: the try took longer than --attempt-timeout ({secs:.0} s)")]
+    AttemptTimedOut {
+        /// The URL, redacted.
+        url: String,
+        /// The attempt timeout.
+        secs: f64,
+    },
     /// The asset is larger than the whole cache may be.
     #[error("{size} bytes can never fit in the cache (--max-cache-bytes {max})")]
     NeverFits {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
-use tokio::time::timeout;
+use tokio::time::timeout_at;
 use tokio_stream::StreamExt as _;
 
 use super::flight::{Launch, State, Terms, lock};
@@ -215,7 +215,11 @@ async fn from_url(
         let Err(e) = attempt.run(source.as_ref(), state).await else {
             break;
         };
-        if attempt.received() >= before.saturating_add(PROGRESS_RESETS_TRIES) {
+        // A try cut by the deadline counts whatever it brought: a trickle
+        // just above the minimum rate can't go on for ever.
+        if attempt.received() >= before.saturating_add(PROGRESS_RESETS_TRIES)
+            && !matches!(e, FetchError::AttemptTimedOut { .. })
+        {
             failures = 0;
         }
         failures += 1;
@@ -270,7 +274,9 @@ impl Attempt<'_> {
         source: &dyn Source,
         state: &watch::Sender<State>,
     ) -> Result<(), FetchError> {
-        let stall = self.inner.fetch.stall_timeout.0;
+        let attempt_timeout = self.inner.fetch.attempt_timeout.0;
+        let deadline =
+            (!attempt_timeout.is_zero()).then(|| tokio::time::Instant::now() + attempt_timeout);
         let resume = match (self.received(), &self.validator) {
             (offset, Some(validator)) if offset > 0 => Some(Resume {
                 offset,
@@ -278,13 +284,13 @@ impl Attempt<'_> {
             }),
             _ => None,
         };
-        let opened = timeout(
-            stall,
-            source.open(self.url.url(), resume.as_ref(), self.access),
-        )
-        .await
-        .map_err(|_| self.stalled())?
-        .map_err(FetchError::Source)?;
+        let opened = self
+            .within(
+                deadline,
+                source.open(self.url.url(), resume.as_ref(), self.access),
+            )
+            .await?
+            .map_err(FetchError::Source)?;
         if let Some(total) = opened.size {
             self.check_declared(total)?;
             check_space(self.inner, total.saturating_sub(opened.offset)).await?;
@@ -308,7 +314,14 @@ impl Attempt<'_> {
             }
         };
         self.validator = opened.validator;
-        let streamed = stream(self, &mut ingest, opened.body, opened.size, state).await;
+        let streamed = stream(
+            self,
+            &mut ingest,
+            (opened.body, opened.size),
+            deadline,
+            state,
+        )
+        .await;
         self.ingest = Some(ingest);
         streamed
     }
@@ -361,6 +374,30 @@ impl Attempt<'_> {
         Ok(())
     }
 
+    /// `work`'s output, unless the source stalls (nothing for the stall
+    /// timeout) or the try's `deadline` passes first.
+    async fn within<T>(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+        work: impl Future<Output = T>,
+    ) -> Result<T, FetchError> {
+        let now = tokio::time::Instant::now();
+        let stall_at = now + self.inner.fetch.stall_timeout.0;
+        let timed_out = || FetchError::AttemptTimedOut {
+            url: crate::source::bounded(self.url.redacted()).into_owned(),
+            secs: self.inner.fetch.attempt_timeout.0.as_secs_f64(),
+        };
+        match deadline {
+            // Checked first: a source that is always ready would never let
+            // a timer fire.
+            Some(deadline) if deadline <= now => Err(timed_out()),
+            Some(deadline) if deadline <= stall_at => {
+                timeout_at(deadline, work).await.map_err(|_| timed_out())
+            }
+            _ => timeout_at(stall_at, work).await.map_err(|_| self.stalled()),
+        }
+    }
+
     fn stalled(&self) -> FetchError {
         FetchError::Stalled {
             url: crate::source::bounded(self.url.redacted()).into_owned(),
@@ -381,18 +418,15 @@ impl Attempt<'_> {
 async fn stream(
     attempt: &Attempt<'_>,
     ingest: &mut Ingest,
-    mut body: crate::source::ByteStream,
-    total: Option<u64>,
+    (mut body, total): (crate::source::ByteStream, Option<u64>),
+    deadline: Option<tokio::time::Instant>,
     state: &watch::Sender<State>,
 ) -> Result<(), FetchError> {
-    let stall = attempt.inner.fetch.stall_timeout.0;
     let mut published = ingest.received();
     let mut space_checked = ingest.received();
     let mut window = (Instant::now(), ingest.received());
     loop {
-        let next = timeout(stall, body.next())
-            .await
-            .map_err(|_| attempt.stalled())?;
+        let next = attempt.within(deadline, body.next()).await?;
         let Some(chunk) = next else {
             break;
         };
@@ -480,7 +514,9 @@ fn is_terms_error(err: &FetchError) -> bool {
 fn is_retryable(err: &FetchError) -> bool {
     match err {
         FetchError::Source(e) => e.is_retryable(),
-        FetchError::Stalled { .. } | FetchError::TooSlow { .. } => true,
+        FetchError::Stalled { .. }
+        | FetchError::TooSlow { .. }
+        | FetchError::AttemptTimedOut { .. } => true,
         _ => false,
     }
 }

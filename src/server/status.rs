@@ -80,9 +80,10 @@ fn code(err: &FetchError) -> Code {
         | FetchError::Evicted { .. }
         | FetchError::TooManyPrewarms { .. } => Code::ResourceExhausted,
         FetchError::DeclaredSizeMismatch { .. } | FetchError::SizeMismatch { .. } => Code::DataLoss,
-        FetchError::Stalled { .. } | FetchError::TooSlow { .. } | FetchError::ShuttingDown => {
-            Code::Unavailable
-        }
+        FetchError::Stalled { .. }
+        | FetchError::TooSlow { .. }
+        | FetchError::AttemptTimedOut { .. }
+        | FetchError::ShuttingDown => Code::Unavailable,
         FetchError::InProgress { .. } => Code::FailedPrecondition,
         FetchError::Cancelled { .. } => Code::Cancelled,
         FetchError::NoTransfer { .. } => Code::NotFound,

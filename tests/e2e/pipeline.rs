@@ -473,3 +473,29 @@ async fn a_trickle_is_a_stall_and_runs_out_of_tries() {
     daemon.wait_ingest_empty(Duration::from_secs(2)).await;
     daemon.assert_empty();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_past_the_attempt_timeout_fails_and_counts_whatever_it_brought() {
+    let http = HttpServer::start().await;
+    let body = random_bytes(4 << 20, 78);
+    // 640 KiB a second: well above the minimum rate, and each 2 s try
+    // brings more than the 1 MiB that would start the tries over.
+    let url = http.route("/steady", Reply::slow(&body, 64 << 10, 100));
+    let daemon = TestDaemon::start_with(&["--attempt-timeout", "2s", "--attempts", "2"]);
+    let result = daemon
+        .client()
+        .await
+        .fetch(request(&url, &digest_of(&body)))
+        .await;
+    assert_status(
+        result,
+        Code::Unavailable,
+        &[
+            "/steady",
+            "the try took longer than --attempt-timeout (2 s)",
+        ],
+    );
+    assert_eq!(http.requests(), 2, "two tries, then given up");
+    daemon.wait_ingest_empty(Duration::from_secs(2)).await;
+    daemon.assert_empty();
+}
