@@ -20,7 +20,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Component, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, openat};
+use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::Mode;
 use tokio_stream::StreamExt as _;
 use tokio_util::io::ReaderStream;
@@ -203,6 +203,10 @@ fn open_inside(
     let path: PathBuf = std::iter::once("/".to_owned())
         .chain(parts.iter().cloned())
         .collect();
+    let not_regular = || SourceError::InvalidUrl {
+        url: shown.clone(),
+        reason: "not a regular file".to_owned(),
+    };
     let fail = |op: &'static str, errno: Errno| match errno {
         Errno::ENOENT | Errno::ENOTDIR => SourceError::NotFound {
             url: shown.clone(),
@@ -245,7 +249,21 @@ fn open_inside(
             return Err(denied(NOT_PUBLIC.to_owned()));
         }
     }
-    // O_NONBLOCK: opening a FIFO must not hang the daemon; no effect on files.
+    // Looked at before it is opened: opening a device or FIFO may have
+    // effects of its own, and a caller may not open what it may not read.
+    let seen = nix::sys::stat::fstatat(&dir, last.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map_err(|e| fail("stat", e))?;
+    if seen.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK {
+        return Err(fail("open", Errno::ELOOP));
+    }
+    if checked && seen.st_mode & 0o004 == 0 {
+        return Err(denied(NOT_PUBLIC.to_owned()));
+    }
+    if seen.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
+        return Err(not_regular());
+    }
+    // O_NONBLOCK: should a FIFO be put in its place, the open must not
+    // hang the daemon; no effect on files.
     let fd = openat(
         &dir,
         last.as_str(),
@@ -259,21 +277,22 @@ fn open_inside(
         path: path.clone(),
         source,
     })?;
+    // The same file as looked at, and still one the caller may read.
+    if (meta.dev(), meta.ino()) != (seen.st_dev, seen.st_ino) {
+        return Err(denied("replaced while being opened".to_owned()));
+    }
     if checked && meta.mode() & 0o004 == 0 {
         return Err(denied(NOT_PUBLIC.to_owned()));
     }
     if !meta.is_file() {
-        return Err(SourceError::InvalidUrl {
-            url: shown.clone(),
-            reason: "not a regular file".to_owned(),
-        });
+        return Err(not_regular());
     }
     Ok((file, path))
 }
 
 /// Whether `name` in `dir` is a symlink (not following it).
 fn is_symlink(dir: &OwnedFd, name: &str) -> bool {
-    nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+    nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
         .is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK)
 }
 
@@ -449,5 +468,26 @@ mod tests {
         let (_dir, root) = layout();
         let err = open(&url(&root, "pub"), &roots(&root, false), ADMIN).unwrap_err();
         assert!(matches!(err, SourceError::InvalidUrl { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_being_opened() {
+        let (_dir, root) = layout();
+        let fifo = root.join("pub/fifo");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o644)).unwrap();
+        // A writer's open returns once a reader opens the FIFO.
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || drop(fs::File::create(fifo)))
+        };
+        // Time for the writer to be waiting in its open.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let err = open(&url(&root, "pub/fifo"), &roots(&root, false), ADMIN).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!writer.is_finished(), "the daemon opened the FIFO");
+        // Let the writer go.
+        drop(fs::File::open(&fifo).unwrap());
+        writer.join().unwrap();
     }
 }
