@@ -72,6 +72,12 @@ pub const DEFAULT_MAX_LEASES_PER_UID: usize = 1024;
 /// once: a node baseline fits, a flood of batches doesn't.
 pub const DEFAULT_MAX_PREWARM_PER_UID: usize = 256;
 
+/// The config file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/assetd/assetd.toml";
+/// Owner and group may connect to the socket; others may not. Group
+/// membership is how an operator grants a runtime access without root.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -95,8 +101,16 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// The unix socket the API is served on.
+    /// The unix socket the API is served on (unless systemd passes one).
     pub socket: PathBuf,
+    /// The permissions of a socket the daemon creates.
+    pub socket_mode: SocketMode,
+    /// The group of a socket the daemon creates (its members may connect
+    /// under the default mode); none keeps the daemon's group.
+    pub socket_group: Option<String>,
+    /// `socket_group`'s gid, resolved once by [`Config::validate`].
+    #[serde(skip)]
+    pub socket_gid: Option<u32>,
     /// Open connections one user may have (root and the daemon's user
     /// exempt); more are closed at once.
     pub max_connections_per_uid: usize,
@@ -112,6 +126,9 @@ pub struct ServerConfig {
     /// `admin_group`'s gid, resolved once by [`Config::validate`].
     #[serde(skip)]
     pub admin_gid: Option<u32>,
+    /// Users who are admins too (besides root and the daemon's user), by
+    /// uid.
+    pub admin_uids: Vec<u32>,
 }
 
 /// The on-disk store.
@@ -237,11 +254,15 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             socket: default_paths().1,
+            socket_mode: SocketMode(DEFAULT_SOCKET_MODE),
+            socket_group: None,
+            socket_gid: None,
             max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
             handshake_timeout: Seconds(DEFAULT_HANDSHAKE_TIMEOUT),
             idle_timeout: Seconds(DEFAULT_IDLE_TIMEOUT),
             admin_group: None,
             admin_gid: None,
+            admin_uids: Vec::new(),
         }
     }
 }
@@ -305,6 +326,46 @@ pub struct ByteSize(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Seconds(pub Duration);
 
+/// Permission bits of a unix socket, written in octal (`"0660"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketMode(pub u32);
+
+impl std::str::FromStr for SocketMode {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<SocketMode, ConfigError> {
+        let bad = || ConfigError::BadMode {
+            value: s.to_owned(),
+        };
+        let digits = s.strip_prefix("0o").unwrap_or(s);
+        let mode = u32::from_str_radix(digits, 8).map_err(|_| bad())?;
+        if mode > 0o777 || digits.is_empty() {
+            return Err(bad());
+        }
+        Ok(SocketMode(mode))
+    }
+}
+
+impl fmt::Display for SocketMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl Serialize for SocketMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SocketMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SocketMode, D::Error> {
+        // Octal text only: a TOML integer 660 would silently mean 0o1224.
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// Free space to keep: bytes, or a share of the file system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MinFree {
@@ -353,11 +414,12 @@ impl fmt::Display for ByteSize {
 impl fmt::Display for Seconds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms.is_multiple_of(1000) {
-            write!(f, "{}s", ms / 1000)
-        } else {
-            write!(f, "{ms}ms")
+        for (per, unit) in [(3_600_000, "h"), (60_000, "m"), (1000, "s")] {
+            if ms != 0 && ms.is_multiple_of(per) {
+                return write!(f, "{}{unit}", ms / per);
+            }
         }
+        write!(f, "{ms}ms")
     }
 }
 
@@ -448,13 +510,38 @@ pub enum ConfigError {
         /// Why it cannot be used.
         source: std::io::Error,
     },
-    /// `--admin-group` names no group of this node.
-    #[error("admin group {name:?}: {reason}")]
-    AdminGroup {
+    /// A group setting names no group of this node.
+    #[error("{key} {name:?}: {reason}")]
+    Group {
+        /// The setting.
+        key: &'static str,
         /// The group as given.
         name: String,
         /// Why it cannot be used.
         reason: String,
+    },
+    /// The config file cannot be read.
+    #[error("config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file does not parse, or holds an unknown key or a bad
+    /// value: toml's message names the key and shows the line.
+    #[error("config file {path}: {message}")]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
+    /// Socket permissions that are not octal mode bits.
+    #[error("malformed socket mode {value:?}: want octal permission bits such as 0660")]
+    BadMode {
+        /// The value as given.
+        value: String,
     },
     /// A path that cannot be made absolute.
     #[error("{path}: {source}")]
@@ -482,7 +569,7 @@ pub enum ConfigError {
         what: &'static str,
     },
     /// A duration that does not parse.
-    #[error("malformed duration {value:?}: want a number with ms, s or m (500ms, 30s, 2m)")]
+    #[error("malformed duration {value:?}: want a number with ms, s, m or h (500ms, 30s, 2m, 1h)")]
     BadDuration {
         /// The value as given.
         value: String,
@@ -580,10 +667,38 @@ impl Config {
                 .collect::<Result<_, _>>()?;
         }
         self.server.admin_gid = match &self.server.admin_group {
-            Some(name) => Some(group_gid(name)?),
+            Some(name) => Some(group_gid("admin group", name)?),
+            None => None,
+        };
+        self.server.socket_gid = match &self.server.socket_group {
+            Some(name) => Some(group_gid("socket group", name)?),
             None => None,
         };
         Ok(self)
+    }
+
+    /// The configuration in the TOML file at `path`, over the defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::ParseFile {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// The configuration in TOML `text`, over the defaults; a failure's
+    /// message names the key and shows its line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// The configuration as TOML, every key given (what `--print-config`
+    /// prints, and [`Config::parse`] reads back).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }
 }
 
@@ -594,9 +709,10 @@ fn absolute(path: &Path) -> Result<PathBuf, ConfigError> {
     })
 }
 
-/// The gid of the group `name`, which must exist.
-fn group_gid(name: &str) -> Result<u32, ConfigError> {
-    let fail = |reason: String| ConfigError::AdminGroup {
+/// The gid of the group `name` (for the setting `key`), which must exist.
+fn group_gid(key: &'static str, name: &str) -> Result<u32, ConfigError> {
+    let fail = |reason: String| ConfigError::Group {
+        key,
         name: name.to_owned(),
         reason,
     };
@@ -656,6 +772,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, ConfigError> {
         "ms" => number / 1000.0,
         "" | "s" => number,
         "m" => number * 60.0,
+        "h" => number * 3600.0,
         _ => return Err(bad()),
     };
     Duration::try_from_secs_f64(secs).map_err(|_| bad())
@@ -701,12 +818,50 @@ mod tests {
     }
 
     #[test]
+    fn durations_print_in_the_largest_whole_unit_and_read_back() {
+        for (secs, text) in [
+            (0.0, "0ms"),
+            (0.5, "500ms"),
+            (30.0, "30s"),
+            (300.0, "5m"),
+            (86400.0, "24h"),
+        ] {
+            let d = Seconds(Duration::from_secs_f64(secs));
+            assert_eq!(d.to_string(), text);
+            assert_eq!(text.parse::<Seconds>().unwrap(), d);
+        }
+    }
+
+    #[test]
+    fn a_config_file_round_trips_and_names_what_is_wrong() {
+        let mut config = Config::default();
+        config.server.admin_uids = vec![1000];
+        config.server.socket_mode = SocketMode(0o600);
+        config.fetch.attempt_timeout = Seconds(Duration::from_secs(7200));
+        config.sources.allow_source = vec!["127.0.0.0/8".parse().unwrap()];
+        assert_eq!(Config::parse(&config.to_toml()).unwrap(), config);
+        // Keys left out keep their defaults.
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+
+        let typo = Config::parse("[fetch]\nmax_transfer = 3\n").unwrap_err();
+        assert!(
+            typo.contains("line 2") && typo.contains("max_transfer"),
+            "{typo}"
+        );
+        let bad = Config::parse("[cache]\n\nmin_free = \"lots\"\n").unwrap_err();
+        assert!(bad.contains("line 3") && bad.contains("\"lots\""), "{bad}");
+        let octal = Config::parse("[server]\nsocket_mode = 660\n").unwrap_err();
+        assert!(octal.contains("socket_mode"), "{octal}");
+    }
+
+    #[test]
     fn parse_duration_accepts_units_and_refuses_garbage() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3h").unwrap(), Duration::from_secs(3 * 3600));
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        for bad in ["", "s", "-1s", "3h", "1e400", "x"] {
+        for bad in ["", "s", "-1s", "3d", "1e400", "x"] {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }

@@ -2,11 +2,13 @@
 //! SIGTERM.
 
 use std::io::{IsTerminal as _, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use assetd::config::{ByteSize, Config, MinFree, Seconds};
+use assetd::config::{
+    ByteSize, Config, ConfigError, DEFAULT_CONFIG_FILE, MinFree, Seconds, SocketMode,
+};
 use assetd::server::Listener;
 use assetd::source::SourceRule;
 use clap::Parser;
@@ -14,10 +16,18 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// Node-local fetcher of verified assets into a content-addressed cache.
 ///
-/// Every flag overrides the built-in default (and, later, the config file).
+/// Settings come from the config file (TOML; every flag has a key, see
+/// --print-config), then the flags, which override it.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    /// The config file [default: /etc/assetd/assetd.toml when it exists]
+    #[arg(long, env = "ASSETD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the settings in effect (file, then flags, over the defaults)
+    /// as TOML, and exit
+    #[arg(long)]
+    print_config: bool,
     /// Store folder [default: /var/lib/assetd for root, else ~/.cache/assetd]
     #[arg(long, env = "ASSETD_ROOT")]
     root: Option<PathBuf>,
@@ -25,6 +35,13 @@ struct Args {
     /// $XDG_RUNTIME_DIR/assetd/assetd.sock]
     #[arg(long, env = "ASSETD_SOCKET")]
     socket: Option<PathBuf>,
+    /// Permissions of the socket the daemon creates, in octal [default: 0660]
+    #[arg(long, value_name = "MODE")]
+    socket_mode: Option<SocketMode>,
+    /// Group of the socket the daemon creates: its members may connect
+    /// [default: the daemon's group]
+    #[arg(long, value_name = "NAME")]
+    socket_group: Option<String>,
     /// A folder file:// URLs may read from (repeatable); none disables file://
     #[arg(long = "file-root", value_name = "DIR")]
     file_roots: Vec<PathBuf>,
@@ -37,6 +54,9 @@ struct Args {
     /// user (by primary gid or group membership); must exist
     #[arg(long, value_name = "NAME")]
     admin_group: Option<String>,
+    /// A user who is an admin too, by uid (repeatable)
+    #[arg(long = "admin-uid", value_name = "UID")]
+    admin_uids: Vec<u32>,
     /// Largest asset accepted, in bytes or with a unit (512MiB, 8GiB) [default: 8GiB]
     #[arg(long)]
     max_size: Option<ByteSize>,
@@ -128,6 +148,17 @@ struct Args {
 }
 
 impl Args {
+    /// The config file's settings over the defaults: `--config`, else the
+    /// default file if it exists, else the defaults alone.
+    fn config(&self) -> Result<Config, ConfigError> {
+        let default = Path::new(DEFAULT_CONFIG_FILE);
+        match &self.config {
+            Some(path) => Config::load(path),
+            None if default.exists() => Config::load(default),
+            None => Ok(Config::default()),
+        }
+    }
+
     /// `config` with every flag given put over it.
     fn apply(self, mut config: Config) -> Config {
         fn set<T>(slot: &mut T, value: Option<T>) {
@@ -135,50 +166,56 @@ impl Args {
                 *slot = v;
             }
         }
-        set(&mut config.store.root, self.root);
-        set(&mut config.server.socket, self.socket);
+        let args = self;
+        set(&mut config.store.root, args.root);
+        set(&mut config.server.socket, args.socket);
+        set(&mut config.server.socket_mode, args.socket_mode);
+        set(&mut config.server.socket_group, args.socket_group.map(Some));
+        if !args.admin_uids.is_empty() {
+            config.server.admin_uids = args.admin_uids;
+        }
         set(
             &mut config.server.max_connections_per_uid,
-            self.max_connections_per_uid,
+            args.max_connections_per_uid,
         );
-        set(&mut config.server.handshake_timeout, self.handshake_timeout);
-        set(&mut config.server.idle_timeout, self.idle_timeout);
-        if !self.file_roots.is_empty() {
-            config.sources.file_roots = self.file_roots;
+        set(&mut config.server.handshake_timeout, args.handshake_timeout);
+        set(&mut config.server.idle_timeout, args.idle_timeout);
+        if !args.file_roots.is_empty() {
+            config.sources.file_roots = args.file_roots;
         }
-        if !self.public_file_roots.is_empty() {
-            config.sources.public_file_roots = self.public_file_roots;
+        if !args.public_file_roots.is_empty() {
+            config.sources.public_file_roots = args.public_file_roots;
         }
-        set(&mut config.server.admin_group, self.admin_group.map(Some));
+        set(&mut config.server.admin_group, args.admin_group.map(Some));
         set(
             &mut config.sources.gcs_emulator,
-            self.gcs_emulator.map(Some),
+            args.gcs_emulator.map(Some),
         );
-        config.sources.gcs_anonymous |= self.gcs_anonymous;
-        if !self.allow_source.is_empty() {
-            config.sources.allow_source = self.allow_source;
+        config.sources.gcs_anonymous |= args.gcs_anonymous;
+        if !args.allow_source.is_empty() {
+            config.sources.allow_source = args.allow_source;
         }
-        if !self.deny_source.is_empty() {
-            config.sources.deny_source = self.deny_source;
+        if !args.deny_source.is_empty() {
+            config.sources.deny_source = args.deny_source;
         }
         let fetch = &mut config.fetch;
-        set(&mut fetch.max_size, self.max_size);
-        set(&mut fetch.max_transfers, self.max_transfers);
-        set(&mut fetch.max_per_host, self.max_per_host);
-        set(&mut fetch.max_per_uid, self.max_per_uid);
-        set(&mut fetch.attempts, self.attempts);
-        set(&mut fetch.stall_timeout, self.stall_timeout);
-        set(&mut fetch.min_rate, self.min_rate);
-        set(&mut fetch.attempt_timeout, self.attempt_timeout);
-        set(&mut fetch.reserve_free, self.reserve_free);
+        set(&mut fetch.max_size, args.max_size);
+        set(&mut fetch.max_transfers, args.max_transfers);
+        set(&mut fetch.max_per_host, args.max_per_host);
+        set(&mut fetch.max_per_uid, args.max_per_uid);
+        set(&mut fetch.attempts, args.attempts);
+        set(&mut fetch.stall_timeout, args.stall_timeout);
+        set(&mut fetch.min_rate, args.min_rate);
+        set(&mut fetch.attempt_timeout, args.attempt_timeout);
+        set(&mut fetch.reserve_free, args.reserve_free);
         let cache = &mut config.cache;
-        set(&mut cache.max_cache_bytes, self.max_cache_bytes);
-        set(&mut cache.min_free, self.min_free);
-        set(&mut cache.gc_interval, self.gc_interval);
-        set(&mut cache.unleased_grace, self.unleased_grace);
-        set(&mut cache.max_lease_ttl, self.max_lease_ttl);
-        set(&mut cache.max_leases_per_uid, self.max_leases_per_uid);
-        set(&mut fetch.max_prewarm_per_uid, self.max_prewarm_per_uid);
+        set(&mut cache.max_cache_bytes, args.max_cache_bytes);
+        set(&mut cache.min_free, args.min_free);
+        set(&mut cache.gc_interval, args.gc_interval);
+        set(&mut cache.unleased_grace, args.unleased_grace);
+        set(&mut cache.max_lease_ttl, args.max_lease_ttl);
+        set(&mut cache.max_leases_per_uid, args.max_leases_per_uid);
+        set(&mut fetch.max_prewarm_per_uid, args.max_prewarm_per_uid);
         config
     }
 }
@@ -195,14 +232,20 @@ fn main() -> ExitCode {
         // on a broken stderr.
         .log_internal_errors(false)
         .init();
-    let config = Args::parse().apply(Config::default());
-    let config = match config.validate() {
+    let args = Args::parse();
+    let print_config = args.print_config;
+    let config = args.config().map(|file| args.apply(file));
+    let config = match config.and_then(Config::validate) {
         Ok(c) => c,
         Err(e) => {
             report(&e.to_string());
             return ExitCode::from(2);
         }
     };
+    if print_config {
+        let _ = write!(std::io::stdout(), "{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -214,7 +257,7 @@ fn main() -> ExitCode {
         let shutdown = shutdown_signal().map_err(|e| format!("installing signal handlers: {e}"))?;
         // The socket first: a second daemon is refused before it touches a
         // root.
-        let listener = Listener::bind(&config.server.socket).map_err(|e| e.to_string())?;
+        let listener = Listener::bind(&config.server).map_err(|e| e.to_string())?;
         assetd::daemon::run(listener, config, shutdown)
             .await
             .map_err(|e| e.to_string())

@@ -9,6 +9,7 @@ use tracing::Instrument as _;
 use super::convert::{self, asset, bare_asset, fetch_response};
 use super::request::{self, Roles, span};
 use super::{fetch_status, progress, status};
+use crate::config::ServerConfig;
 use crate::fetch::Fetcher;
 use crate::proto;
 use crate::store::{AssetInfo, ListQuery};
@@ -31,13 +32,14 @@ pub struct AssetsService {
 }
 
 impl AssetsService {
-    /// A service answering from `fetcher`; members of `admin_gid` (besides
-    /// root and the daemon's user) are admins.
-    pub fn new(fetcher: Fetcher, admin_gid: Option<u32>) -> AssetsService {
+    /// A service answering from `fetcher`; the admin uids and the members
+    /// of the admin group `config` names (besides root and the daemon's
+    /// user) are admins.
+    pub fn new(fetcher: Fetcher, config: &ServerConfig) -> AssetsService {
         AssetsService {
             fetcher,
             urls: request::Urls::default(),
-            roles: Roles::new(admin_gid),
+            roles: Roles::new(config.admin_gid, config.admin_uids.clone()),
         }
     }
 }

@@ -162,12 +162,7 @@ pub async fn serve(
     };
     // Every connection goes through FixAuthority so that grpcurl 1.8.6 works
     // with an absolute socket path.
-    let incoming = accept::incoming(
-        unix,
-        config.max_connections_per_uid,
-        config.handshake_timeout.0,
-        config.idle_timeout.0,
-    );
+    let incoming = accept::incoming(unix, config);
     let serving = Server::builder()
         // A peer that stops answering pings (gone, or hostile) is closed.
         .http2_keepalive_interval(Some(KEEPALIVE_EVERY))
@@ -177,10 +172,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AssetsServer::new(AssetsService::new(
-            fetcher,
-            config.admin_gid,
-        )))
+        .add_service(AssetsServer::new(AssetsService::new(fetcher, config)))
         .serve_with_incoming_shutdown(incoming, shutdown);
     // Graceful shutdown waits for every client to close its connection; a
     // stuck client must not keep the daemon alive.

@@ -64,14 +64,17 @@ impl Urls {
 #[derive(Debug, Default)]
 pub(super) struct Roles {
     admin_gid: Option<u32>,
+    admin_uids: Vec<u32>,
     known: Mutex<HashMap<(u32, u32), (bool, Instant)>>,
 }
 
 impl Roles {
-    /// Roles with the members of `admin_gid` as admins too.
-    pub(super) fn new(admin_gid: Option<u32>) -> Roles {
+    /// Roles with `admin_uids` and the members of `admin_gid` as admins
+    /// too.
+    pub(super) fn new(admin_gid: Option<u32>, admin_uids: Vec<u32>) -> Roles {
         Roles {
             admin_gid,
+            admin_uids,
             known: Mutex::default(),
         }
     }
@@ -102,7 +105,7 @@ impl Roles {
     /// credentials carry, or as the group database lists the user's groups
     /// (peer credentials carry no supplementary groups).
     async fn is_admin(&self, uid: u32, gid: u32) -> bool {
-        if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        if uid == 0 || uid == nix::unistd::geteuid().as_raw() || self.admin_uids.contains(&uid) {
             return true;
         }
         let Some(admins) = self.admin_gid else {
@@ -140,12 +143,18 @@ impl Roles {
             return Ok(());
         }
         let me = nix::unistd::geteuid().as_raw();
+        let uids = if self.admin_uids.is_empty() {
+            String::new()
+        } else {
+            let listed: Vec<_> = self.admin_uids.iter().map(u32::to_string).collect();
+            format!(", the admin uids {}", listed.join(", "))
+        };
         let group = self
             .admin_gid
             .map(|gid| format!(", or members of the admin group (gid {gid}),"))
             .unwrap_or_default();
         Err(RequestError::Denied(format!(
-            "only uid 0 or the daemon's uid {me}{group} may change or verify the cache; the caller is uid {}",
+            "only uid 0 or the daemon's uid {me}{uids}{group} may change or verify the cache; the caller is uid {}",
             caller.uid
         )))
     }
@@ -484,12 +493,13 @@ mod tests {
     async fn admins_are_root_the_daemons_user_and_the_admin_groups_members() {
         let me = nix::unistd::geteuid().as_raw();
         let other = if me == 4242 { 4343 } else { 4242 };
-        let (none, group) = (Roles::new(None), Roles::new(Some(4711)));
+        let (none, group) = (Roles::new(None, vec![]), Roles::new(Some(4711), vec![4712]));
         assert!(none.is_admin(0, 0).await);
         assert!(none.is_admin(me, 100).await);
         assert!(!none.is_admin(other, 100).await);
         assert!(group.is_admin(other, 4711).await, "by primary gid");
         assert!(!group.is_admin(other, 100).await);
+        assert!(group.is_admin(4712, 100).await, "by uid");
         // Root's user is listed in its own primary group by getgrouplist.
         assert!(listed_in(0, 0));
         assert!(!listed_in(other, 4711));
@@ -497,7 +507,7 @@ mod tests {
 
     #[test]
     fn only_root_and_the_daemons_user_are_admins() {
-        let roles = Roles::new(Some(4711));
+        let roles = Roles::new(Some(4711), vec![]);
         assert!(roles.require_admin(&ROOT).is_ok());
         let me = nix::unistd::geteuid().as_raw();
         let other = Caller {

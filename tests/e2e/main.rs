@@ -5,6 +5,7 @@
 mod admin;
 mod cli;
 mod common;
+mod config;
 mod disk;
 mod fair;
 mod fetch;

@@ -322,6 +322,7 @@ pub fn daemon_command(root: &Path, socket: &Path, args: &[&str], log: &Path) -> 
         .args(args)
         .env("RUST_LOG", "info")
         .env_remove("STORAGE_EMULATOR_HOST")
+        .env_remove("ASSETD_CONFIG")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log"))
         .stderr(log);
