@@ -57,6 +57,10 @@ pub async fn run(
     let fetcher = fetcher(store, &config, lifetime.clone())?;
     let upkeep = fetcher.clone();
     lifetime.tracker.spawn(async move { upkeep.upkeep().await });
+    lifetime.tracker.spawn(crate::systemd::report(
+        fetcher.clone(),
+        lifetime.token.clone(),
+    ));
     let served = server::serve(fetcher.clone(), listener, &config.server, shutdown).await;
     lifetime.token.cancel();
     lifetime.tracker.close();

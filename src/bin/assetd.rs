@@ -246,6 +246,14 @@ fn main() -> ExitCode {
         let _ = write!(std::io::stdout(), "{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
+    // Before any thread starts: it clears LISTEN_FDS from the environment.
+    let activated = match assetd::systemd::take_listener() {
+        Ok(listener) => listener,
+        Err(e) => {
+            report(&e.to_string());
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -256,8 +264,13 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal().map_err(|e| format!("installing signal handlers: {e}"))?;
         // The socket first: a second daemon is refused before it touches a
-        // root.
-        let listener = Listener::bind(&config.server).map_err(|e| e.to_string())?;
+        // root. One systemd passed is served as it is (its unit sets the
+        // path, mode and group).
+        let listener = match activated {
+            Some(passed) => Listener::inherited_std(passed),
+            None => Listener::bind(&config.server),
+        }
+        .map_err(|e| e.to_string())?;
         assetd::daemon::run(listener, config, shutdown)
             .await
             .map_err(|e| e.to_string())

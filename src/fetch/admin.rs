@@ -48,6 +48,19 @@ impl Inner {
     }
 }
 
+/// What the cache holds and the transfers are doing: [`Fetcher::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Assets cached.
+    pub assets: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Transfers reading from a source.
+    pub running: usize,
+    /// Transfers waiting for a slot.
+    pub waiting: usize,
+}
+
 impl Fetcher {
     /// Assets matching `query`, in digest order. Memory only.
     pub fn list(&self, query: &ListQuery) -> Vec<AssetInfo> {
@@ -135,6 +148,18 @@ impl Fetcher {
     /// record fail while it does not. Memory only.
     pub fn metadata_writable(&self) -> bool {
         self.inner.store.meta_writable()
+    }
+
+    /// What the cache holds and the transfers are doing now. Memory only.
+    pub fn stats(&self) -> Stats {
+        let (assets, bytes) = self.inner.store.totals();
+        let (waiting, running) = self.inner.limits.counts();
+        Stats {
+            assets,
+            bytes,
+            running,
+            waiting,
+        }
     }
 
     /// The daemon's upkeep until shutdown: last-use times flushed every few

@@ -35,7 +35,7 @@ use crate::config::{CacheConfig, FetchConfig};
 use crate::digest::Digest;
 use crate::source::{SourceError, SourceUrl, Sources};
 use crate::store::{AssetInfo, Blob, Store, StoreError};
-pub use admin::{GcReport, VerifyReport};
+pub use admin::{GcReport, Stats, VerifyReport};
 pub use flight::TransferInfo;
 use flight::{CallerTerms, Flights, Joined, Seat, State};
 use limits::Limits;

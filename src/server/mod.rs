@@ -64,6 +64,12 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The socket systemd passed cannot be served.
+    #[error("socket activation: {reason}")]
+    Activation {
+        /// What is wrong.
+        reason: String,
+    },
     /// The listener was already taken.
     #[error("no listener to serve on")]
     NoListener,
@@ -139,6 +145,7 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let shown = listener.path().map(|p| p.display().to_string());
     tracing::info!(socket = shown.as_deref().unwrap_or("inherited"), "serving");
+    crate::systemd::ready();
     let watching = CancellationToken::new();
     tokio::spawn(watch_metadata(
         fetcher.clone(),
@@ -148,6 +155,7 @@ pub async fn serve(
     let (stopping, stopped) = oneshot::channel();
     let shutdown = async move {
         shutdown.await;
+        crate::systemd::stopping();
         // INVARIANT: the watch stops first, so it can't flip health back.
         watching.cancel();
         // INVARIANT: NOT_SERVING before the listener closes, so a health

@@ -42,6 +42,23 @@ impl Listener {
         }
     }
 
+    /// The same for a std listener (as systemd passes it), registered with
+    /// the runtime. Needs a tokio runtime.
+    pub fn inherited_std(
+        listener: std::os::unix::net::UnixListener,
+    ) -> Result<Listener, ServerError> {
+        let io = |op, source| ServerError::Io {
+            op,
+            path: PathBuf::from("(the socket passed)"),
+            source,
+        };
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io("set non-blocking", e))?;
+        let listener = UnixListener::from_std(listener).map_err(|e| io("register", e))?;
+        Ok(Listener::inherited(listener))
+    }
+
     /// Where the socket is, for logs.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()

@@ -143,6 +143,10 @@ impl Index {
         self.entries.get(digest)
     }
 
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Entries after `after`, in digest order.
     pub fn range_after(
         &self,

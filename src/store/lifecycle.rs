@@ -148,6 +148,12 @@ impl Store {
         }
     }
 
+    /// How many assets and bytes are cached. Memory only.
+    pub fn totals(&self) -> (usize, u64) {
+        let index = self.index();
+        (index.len(), index.bytes())
+    }
+
     /// Pins `digest` for `owner`'s `lease` until `expires` (Unix ms), or
     /// for ever, if it is cached: `Ok(false)` when it is not (the caller
     /// fetches it again). With a `cap`, a new pin (not the renewal of one

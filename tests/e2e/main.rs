@@ -21,3 +21,4 @@ mod pipeline;
 mod policy;
 mod seams;
 mod shutdown;
+mod systemd;
