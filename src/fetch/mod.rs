@@ -279,8 +279,6 @@ pub struct Progress {
     pub total: Option<u64>,
     /// The URL being read (redacted), or "" while waiting for a slot.
     pub source: String,
-    /// Who gave `source`: a caller sees only its own URLs there.
-    pub giver: Option<u32>,
     /// When the transfer began.
     pub started: Option<Instant>,
 }
@@ -324,10 +322,6 @@ struct Inner {
 pub struct Fetcher {
     inner: Arc<Inner>,
 }
-
-/// What a caller sees as the source while the transfer reads a URL that
-/// another user gave.
-pub const ANOTHER_CALLERS_URL: &str = "(a URL another caller gave)";
 
 /// A fetch that is waiting on a transfer: its progress, then its result.
 /// Dropping it leaves the transfer; the last one to leave cancels it.
@@ -553,15 +547,9 @@ impl Waiting {
             .map_or(transfer, |(_, e)| e.clone())
     }
 
-    /// The transfer's progress now. A URL another caller gave (a joiner's
-    /// mirror) is not shown to a caller other than an admin.
+    /// The transfer's progress now.
     pub fn progress(&self) -> Progress {
-        let mut progress = self.state.borrow().progress.clone();
-        let caller = &self.want.caller;
-        if !caller.admin && progress.giver.is_some_and(|uid| uid != caller.uid) {
-            progress.source = ANOTHER_CALLERS_URL.to_owned();
-        }
-        progress
+        self.state.borrow().progress.clone()
     }
 
     /// True once the transfer has its outcome.

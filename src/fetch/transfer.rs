@@ -192,10 +192,7 @@ async fn from_url(
     starter: Caller,
 ) -> Result<Blob, FetchError> {
     let source = inner.sources.resolve(url).map_err(FetchError::Source)?;
-    state.send_modify(|s| {
-        s.progress.source = String::new();
-        s.progress.giver = Some(access.uid);
-    });
+    state.send_modify(|s| s.progress.source = String::new());
     // The user who started the transfer is charged for its slot.
     let uid = (!starter.admin).then_some(starter.uid);
     let _permits = inner.limits.acquire(url.url(), uid).await;
