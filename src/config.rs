@@ -28,10 +28,11 @@ pub const DEFAULT_MAX_PER_HOST: usize = 4;
 /// Transfers at once that one user started: half the overall slots, so
 /// others always find some.
 pub const DEFAULT_MAX_PER_UID: usize = 4;
-/// Open connections one user may have: far more than a runtime needs (one
+/// Open connections one user may have: more than a runtime needs (one
 /// channel multiplexes every call), few enough that one user can't take the
-/// daemon's file descriptors.
-pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 64;
+/// daemon's file descriptors, nor make it buffer much (each connection
+/// carries at most 64 calls of at most 256 KiB requests).
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 16;
 /// Time a client has to send the HTTP/2 preface: ample for any client on
 /// the same node, short enough that silent connections don't pile up.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -81,6 +81,16 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Calls open at once on one connection; more wait in the client (once it
+/// has the daemon's settings). With [`MAX_REQUEST_BYTES`] and the
+/// connections per user, this bounds what one user can make the daemon
+/// buffer: 16 connections × 64 calls × 256 KiB = 256 MiB.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// Largest request message accepted: a fetch with 16 mirrors of the
+/// longest URLs (8 KiB each) fits, as does a prewarm batch of a thousand
+/// assets with ordinary URLs; a larger one is refused before it is held.
+pub const MAX_REQUEST_BYTES: usize = 256 << 10;
+
 /// Time between HTTP/2 pings on an open connection.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(30);
 /// A ping unanswered this long closes the connection.
@@ -175,12 +185,16 @@ pub async fn serve(
         // A peer that stops answering pings (gone, or hostile) is closed.
         .http2_keepalive_interval(Some(KEEPALIVE_EVERY))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         // Marks each open call on its connection, for the idle clock.
         .layer(idle::TrackCalls)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(AssetsServer::new(AssetsService::new(fetcher, config)))
+        .add_service(health_service.max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(reflection_v1.max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(reflection_v1alpha.max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(
+            AssetsServer::new(AssetsService::new(fetcher, config))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown);
     // Graceful shutdown waits for every client to close its connection; a
     // stuck client must not keep the daemon alive.

@@ -113,9 +113,9 @@ async fn a_dead_log_reader_breaks_no_request_and_no_shutdown() {
 async fn overlong_urls_are_invalid_naming_length_and_bound() {
     let daemon = TestDaemon::start();
     let mut client = daemon.client().await;
-    // 100 KB fits a gRPC message (4 MiB) and reaches the handler; 1 MB as
-    // well. Both must be refused by the bound, not by HTTP/2 or reqwest.
-    for len in [100_000, 1_000_000] {
+    // 100 KB fits a request (256 KiB) and reaches the handler: it must be
+    // refused by the URL bound, not by HTTP/2 or reqwest.
+    for len in [100_000, 200_000] {
         let url = format!("https://example.com/{}", "a".repeat(len - 20));
         assert_eq!(url.len(), len);
         let status = client
@@ -132,6 +132,14 @@ async fn overlong_urls_are_invalid_naming_length_and_bound() {
         req.mirrors = vec![url];
         assert_status(client.fetch(req).await, Code::InvalidArgument, &["mirror"]);
     }
+    // 1 MB is past the request bound: refused before the daemon holds it,
+    // naming the size and the bound.
+    let url = format!("https://example.com/{}", "a".repeat(1_000_000));
+    assert_status(
+        client.fetch(fetch_req(&url, WRONG_DIGEST, "")).await,
+        Code::OutOfRange,
+        &["message length too large", "262144"],
+    );
     daemon.assert_empty();
 }
 
