@@ -53,8 +53,8 @@ enum RuleKind {
     Net(Net),
     /// A host name, exact, or any name under it (`*.example.com`).
     Host { name: String, subdomains: bool },
-    /// URLs under a prefix: same scheme, host and port, and a path that
-    /// starts with `path`.
+    /// URLs under a prefix: same scheme, host and port, and a path under
+    /// `path` (see [`path_under`]).
     Prefix {
         scheme: String,
         host: Host<String>,
@@ -275,7 +275,9 @@ impl SourceRule {
         matches!(&self.kind, RuleKind::Net(net) if net.contains(ip))
     }
 
-    fn matches_url(&self, url: &Url) -> bool {
+    /// Whether the rule covers `url`; `deny` for a deny rule, which takes
+    /// a path in either reading (see [`path_under`]).
+    fn matches_url(&self, url: &Url, deny: bool) -> bool {
         match (&self.kind, url.host()) {
             (
                 RuleKind::Prefix {
@@ -289,7 +291,7 @@ impl SourceRule {
                 url.scheme() == scheme
                     && h.to_owned() == *host
                     && url.port_or_known_default() == *port
-                    && url.path().starts_with(path.as_str())
+                    && path_under(path, url.path(), deny)
             }
             (_, Some(Host::Domain(name))) => self.matches_name(name),
             (_, Some(Host::Ipv4(ip))) => self.matches_ip(IpAddr::V4(ip)),
@@ -308,6 +310,49 @@ impl SourceRule {
             _ => None,
         }
     }
+}
+
+/// Whether the URL path `path` (as sent, percent-encoded) is under the
+/// prefix path `prefix`. A server may decode `%2f` (or `%5c`) into a
+/// separator and then resolve `..`, so a path is read two ways: as sent,
+/// and decoded with its dot segments resolved. An allow rule needs both
+/// under it (`/assets/..%2fsecret` is not under `/assets/`), a deny rule
+/// either. "Under" is by whole segments: `/assets` covers `/assets/x`, not
+/// `/assets-private`.
+fn path_under(prefix: &str, path: &str, deny: bool) -> bool {
+    let under = |path: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
+    };
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let resolved = resolve_dots(&decoded.replace('\\', "/"));
+    if deny {
+        under(path) || under(&resolved)
+    } else {
+        under(path) && under(&resolved)
+    }
+}
+
+/// `path` with its `.` and `..` segments resolved (RFC 3986 5.2.4).
+fn resolve_dots(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." | ".." => {
+                if *segment == ".." && out.len() > 1 {
+                    out.pop();
+                }
+                // A trailing dot segment leaves the path ending in `/`.
+                if i == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    out.join("/")
 }
 
 /// The allow- and deny-lists. Without rules, only the default refusal
@@ -329,7 +374,7 @@ impl SourcePolicy {
     /// is checked again on each address it resolves to, see
     /// [`SourcePolicy::check_resolved`]). Errors: [`Refused`] naming the rule.
     pub fn check_url(&self, url: &Url) -> Result<(), Refused> {
-        if let Some(rule) = self.deny.iter().find(|r| r.matches_url(url)) {
+        if let Some(rule) = self.deny.iter().find(|r| r.matches_url(url, true)) {
             return Err(denied_by(rule));
         }
         let ip = match url.host() {
@@ -337,7 +382,7 @@ impl SourcePolicy {
             Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
             _ => return Ok(()),
         };
-        if self.allow.iter().any(|r| r.matches_url(url)) {
+        if self.allow.iter().any(|r| r.matches_url(url, false)) {
             return Ok(());
         }
         refused_by_default(ip).map_or(Ok(()), |class| {
@@ -350,7 +395,7 @@ impl SourcePolicy {
     pub fn allowed_by_prefix(&self, url: &Url) -> bool {
         self.allow
             .iter()
-            .any(|r| r.prefix_name().is_some() && r.matches_url(url))
+            .any(|r| r.prefix_name().is_some() && r.matches_url(url, false))
     }
 
     /// Whether any allow rule is a URL prefix on a host name.
@@ -668,5 +713,59 @@ mod tests {
         }));
         assert_eq!(refusal(&err).map(|r| r.reason.as_str()), Some("no"));
         assert!(refusal(&std::io::Error::other("x")).is_none());
+    }
+
+    #[test]
+    fn a_prefix_covers_whole_segments_read_both_ways() {
+        let rule = |text: &str| -> SourceRule { text.parse().unwrap() };
+        let p = SourcePolicy::new(
+            vec![
+                rule("http://127.0.0.1:8080/assets/"),
+                rule("http://127.0.0.1:8080/pub"),
+            ],
+            vec![rule("http://127.0.0.1:8080/assets/private/")],
+        );
+        let check = |u: &str| p.check_url(&Url::parse(u).unwrap()).map_err(|e| e.reason);
+        assert!(check("http://127.0.0.1:8080/assets/a.img").is_ok());
+        assert!(check("http://127.0.0.1:8080/pub/a.img").is_ok());
+        assert!(check("http://127.0.0.1:8080/pub").is_ok());
+        for escape in [
+            "http://127.0.0.1:8080/assets/..%2fsecret.txt",
+            "http://127.0.0.1:8080/assets/..%2Fsecret.txt",
+            "http://127.0.0.1:8080/assets/x/..%2f..%2fsecret.txt",
+            "http://127.0.0.1:8080/assets/..%5csecret.txt",
+            "http://127.0.0.1:8080/assets/%2e%2e%2fsecret.txt",
+            "http://127.0.0.1:8080/pub-private/a.img",
+            "http://127.0.0.1:8080/pubx",
+        ] {
+            let err = check(escape).expect_err(escape);
+            assert!(err.contains("loopback"), "{escape}: {err}");
+        }
+        // A deny prefix catches the path either way it may be read.
+        for denied in [
+            "http://127.0.0.1:8080/assets/private/k",
+            "http://127.0.0.1:8080/assets/x/..%2fprivate/k",
+            "http://127.0.0.1:8080/assets/PRIVATE/../private/k",
+        ] {
+            let err = check(denied).expect_err(denied);
+            assert!(err.contains("--deny-source"), "{denied}: {err}");
+        }
+        // An encoded separator that stays under the prefix is fine.
+        assert!(check("http://127.0.0.1:8080/assets/dir%2Fa.img").is_ok());
+    }
+
+    #[test]
+    fn dot_segments_resolve_as_a_server_would() {
+        for (path, resolved) in [
+            ("/a/../b", "/b"),
+            ("/a/./b", "/a/b"),
+            ("/..", "/"),
+            ("/../../x", "/x"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/a//b", "/a//b"),
+        ] {
+            assert_eq!(resolve_dots(path), resolved, "{path}");
+        }
     }
 }
