@@ -245,13 +245,6 @@ pub struct Want {
     pub caller: Caller,
 }
 
-impl Want {
-    /// The first URL, redacted, for logs and metadata.
-    fn url(&self) -> &str {
-        self.urls.first().map_or("", SourceUrl::redacted)
-    }
-}
-
 /// A caller's pin on what it fetched.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -402,7 +395,7 @@ impl Fetcher {
         }
         let started = Instant::now();
         for _ in 0..PIN_ROUNDS {
-            let blob = match self.inner.store.lookup(&want.digest, want.url()) {
+            let blob = match self.inner.store.lookup(&want.digest) {
                 Some(blob) => blob,
                 None => match self.join(&want, limit) {
                     Joined::Cached(blob) => blob,
@@ -439,7 +432,7 @@ impl Fetcher {
             terms,
             &want.urls,
             want.caller.into(),
-            || inner.store.lookup(&want.digest, want.url()),
+            || inner.store.lookup(&want.digest),
             |launch| transfer::spawn(self.inner.clone(), launch, want.caller),
         )
     }

@@ -139,11 +139,18 @@ pub enum SourceError {
     },
 }
 
-/// `url` fit for logs and messages: query values and passwords hidden, as
-/// they often carry signatures (signed URLs) or credentials.
+/// `url` fit for logs, messages and metadata: user name and password gone,
+/// query values hidden (a query part with no `=` is hidden whole), and an
+/// `http(s)` fragment dropped, as they often carry signatures (signed URLs)
+/// or credentials. A `gs://` fragment is a generation and is kept.
 pub fn redacted(url: &Url) -> String {
+    let keep_fragment = url.scheme() == "gs";
     // Most URLs carry none of these: no copy and reparse for them.
-    if url.username().is_empty() && url.password().is_none() && url.query().is_none() {
+    if url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && (url.fragment().is_none() || keep_fragment)
+    {
         return url.as_str().to_owned();
     }
     let mut shown = url.clone();
@@ -151,12 +158,31 @@ pub fn redacted(url: &Url) -> String {
     let _ = shown.set_password(None);
     let _ = shown.set_username("");
     shown.set_query(None);
-    let fragment = shown.fragment().map(str::to_owned);
+    let fragment = shown
+        .fragment()
+        .filter(|_| keep_fragment)
+        .map(str::to_owned);
     shown.set_fragment(None);
     let mut text = shown.to_string();
-    if url.query().is_some() {
-        let keys: Vec<String> = url.query_pairs().map(|(k, _)| format!("{k}=…")).collect();
-        text = format!("{text}?{}", keys.join("&"));
+    if let Some(query) = url.query() {
+        let parts: Vec<&str> = query
+            .split('&')
+            .map(|part| match part.split_once('=') {
+                Some((key, _)) => key,
+                None => "",
+            })
+            .collect();
+        let shown: Vec<String> = parts
+            .iter()
+            .map(|key| {
+                if key.is_empty() {
+                    "…".to_owned()
+                } else {
+                    format!("{key}=…")
+                }
+            })
+            .collect();
+        text = format!("{text}?{}", shown.join("&"));
     }
     if let Some(fragment) = fragment {
         text = format!("{text}#{fragment}");
@@ -431,8 +457,16 @@ mod tests {
     #[test]
     fn redaction_hides_userinfo_and_query_values() {
         let url = SourceUrl::parse("https://TOKEN:pw@h/x?sig=abc&v=1#frag").unwrap();
-        assert_eq!(url.redacted(), "https://h/x?sig=…&v=…#frag");
+        assert_eq!(url.redacted(), "https://h/x?sig=…&v=…");
         let plain = SourceUrl::parse("https://h/x").unwrap();
         assert_eq!(plain.redacted(), "https://h/x");
+        // A bare token in the query, or one in the fragment, is hidden too.
+        let bare = SourceUrl::parse("http://h/a?AKIA_SECRET&sig=abc#frag-secret").unwrap();
+        assert_eq!(bare.redacted(), "http://h/a?…&sig=…");
+        let fragment = SourceUrl::parse("https://h/a#token").unwrap();
+        assert_eq!(fragment.redacted(), "https://h/a");
+        // A gs:// fragment is a generation: kept.
+        let gs = SourceUrl::parse("gs://b/o#1234").unwrap();
+        assert_eq!(gs.redacted(), "gs://b/o#1234");
     }
 }

@@ -265,10 +265,17 @@ impl Store {
         index.get(digest).map(|e| self.blob(digest, e))
     }
 
-    /// A hit: the cached asset `digest`, noting a use from `url` (redacted)
-    /// now; `None` when not cached. Memory only: the use reaches `meta.redb`
-    /// at the next [`Store::flush_uses`].
-    pub fn lookup(&self, digest: &Digest, url: &str) -> Option<Blob> {
+    /// A hit: the cached asset `digest`, noting a use now; `None` when not
+    /// cached. Memory only: the use reaches `meta.redb` at the next
+    /// [`Store::flush_uses`]. The caller's URL is not recorded: nothing was
+    /// read from it, and anyone may name any URL.
+    pub fn lookup(&self, digest: &Digest) -> Option<Blob> {
+        self.lookup_from(digest, "")
+    }
+
+    /// The same, noting `url` (redacted) as a source of the asset: for a
+    /// transfer from `url` that brought these bytes.
+    fn lookup_from(&self, digest: &Digest, url: &str) -> Option<Blob> {
         let mut index = self.index();
         let entry = index.touch(digest, url, now_ms())?;
         Some(Blob {

@@ -52,6 +52,29 @@ async fn leases_pin_assets_until_released() {
     assert_eq!(asset.leases.len(), 1);
     assert_eq!(asset.leases[0].lease, "sandbox-1");
     assert_eq!(asset.urls, vec![url.clone()]);
+    // A hit names a URL nothing was read from: it is not recorded, so no
+    // caller can push the real source out of the asset's list.
+    for i in 0..10 {
+        let planted = format!("https://evil.example/planted-{i}");
+        assert!(
+            client
+                .fetch(fetch_req(&planted, digest, ""))
+                .await
+                .unwrap()
+                .into_inner()
+                .cache_hit
+        );
+    }
+    let asset = client
+        .stat(StatRequest {
+            digest: digest.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .asset
+        .unwrap();
+    assert_eq!(asset.urls, vec![url.clone()]);
 
     let delete = DeleteRequest {
         digest: digest.clone(),
