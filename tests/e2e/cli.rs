@@ -124,3 +124,29 @@ fn assetctl_says_when_the_daemon_is_not_running() {
         "{stderr}"
     );
 }
+
+#[test]
+fn assetctl_version_and_help_describe_the_client() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_assetctl"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        run(&["--version"]),
+        format!("assetctl {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    for flag in ["-h", "--help"] {
+        let help = run(&[flag]);
+        assert!(
+            help.starts_with("assetctl: the command-line client of assetd"),
+            "{help}"
+        );
+        // Not the daemon's description (the crate's).
+        assert!(!help.contains(env!("CARGO_PKG_DESCRIPTION")), "{help}");
+        assert!(help.contains("Usage: assetctl"), "{help}");
+    }
+}

@@ -24,9 +24,24 @@ const EXIT_CODES: &str = "EXIT CODES:
   10 in use (fetching, leased)      11 cancelled or timed out
   12 prewarm: some assets failed";
 
-/// Talk to the local assetd daemon.
+/// What `--help` says first.
+const ABOUT: &str = "assetctl: the command-line client of assetd, the node's asset cache";
+/// What `--help` (not `-h`) says after it.
+const LONG_ABOUT: &str = "assetctl: the command-line client of assetd, the node's asset cache.
+
+It asks the assetd daemon on this node, over its unix socket, to fetch \
+sha256-addressed assets into the cache (printing their paths), and lists, \
+shows, pins and removes cached ones. The daemon itself is `assetd`.";
+
+/// The client of the local assetd daemon.
 #[derive(Parser, Debug)]
-#[command(version, about, after_help = EXIT_CODES)]
+#[command(
+    name = "assetctl",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = EXIT_CODES
+)]
 struct Cli {
     /// The daemon's socket [default: the daemon's default]
     #[arg(long, global = true, env = "ASSETD_SOCKET")]
