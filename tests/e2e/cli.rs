@@ -150,3 +150,51 @@ fn assetctl_version_and_help_describe_the_client() {
         assert!(help.contains("Usage: assetctl"), "{help}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assetctl_sizes_take_units_like_the_daemons_flags() {
+    let http = HttpServer::start().await;
+    let body = random_bytes(2 << 20, 1101);
+    let digest = digest_of(&body);
+    let url = http.route("/two", Reply::Body(body.clone()));
+    let daemon = TestDaemon::start();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["fetch", "-q", url.as_str(), "--digest", digest.as_str()];
+        args.extend_from_slice(extra);
+        assetctl(&daemon, &args)
+    };
+    // Refused by a limit given with a unit, before anything is cached.
+    let out = run(&["--max-size", "1MiB"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(stderr.contains("1048576 bytes"), "{stderr}");
+    // A wrong size with a unit is a size mismatch.
+    let out = run(&["--size", "1M"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{stderr}");
+    assert!(stderr.contains("1048576"), "{stderr}");
+    daemon.assert_empty();
+    // The right size and a roomy limit, with units.
+    let path = stdout(&run(&["--size", "2MiB", "--max-size", "1GiB"]));
+    assert_eq!(std::fs::read(path.trim()).unwrap(), body);
+    // 0 is "not given", as the help says.
+    assert!(run(&["--size", "0", "--max-size", "0"]).status.success());
+    // Garbage is a usage error naming it.
+    let out = run(&["--size", "2XB"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2XB"));
+
+    let help = stdout(&assetctl(&daemon, &["fetch", "--help"]));
+    for flag in ["--size <SIZE>", "--max-size <SIZE>"] {
+        let line = help
+            .lines()
+            .skip_while(|l| !l.contains(flag))
+            .take_while(|l| !l.trim().is_empty() || l.contains(flag))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            line.contains("GiB") && line.contains("Absent or 0"),
+            "{flag}: {line}"
+        );
+    }
+}

@@ -9,6 +9,7 @@ mod manifest;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use assetd::config::ByteSize;
 use assetd::proto::assets_client::AssetsClient;
 use assetd::proto::{self, fetch_event, prewarm_event};
 use clap::{Parser, Subcommand};
@@ -62,12 +63,16 @@ enum Command {
         /// Its digest: sha256:<64 hex>
         #[arg(long)]
         digest: String,
-        /// Its exact size in bytes, if known
-        #[arg(long, default_value_t = 0)]
-        size: u64,
-        /// Refuse it if larger than this many bytes
-        #[arg(long, default_value_t = 0)]
-        max_size: u64,
+        /// Its exact size, in bytes or with a unit (1073741824, 1GiB, 512MiB): a
+        /// source that declares another size, or brings another, is refused.
+        /// Absent or 0: not known (the digest decides alone)
+        #[arg(long, value_name = "SIZE")]
+        size: Option<ByteSize>,
+        /// Refuse it if larger than this, in bytes or with a unit (512MiB, 8GiB).
+        /// Absent or 0: the daemon's own limit (its --max-size, 8GiB by
+        /// default); a request can only lower that limit, never raise it
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<ByteSize>,
         /// Another URL for the same bytes, tried in order (repeatable)
         #[arg(long = "mirror", value_name = "URL")]
         mirrors: Vec<String>,
@@ -206,8 +211,8 @@ async fn call(
             let req = proto::FetchRequest {
                 url,
                 digest,
-                size,
-                max_size,
+                size: size.map_or(0, |s| s.0),
+                max_size: max_size.map_or(0, |s| s.0),
                 mirrors,
                 lease: lease.unwrap_or_default(),
                 lease_ttl_seconds: lease_ttl,
