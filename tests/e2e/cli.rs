@@ -125,6 +125,27 @@ fn assetctl_says_when_the_daemon_is_not_running() {
     );
 }
 
+/// `date -u` formatting `unix_seconds` (a real oracle for the client's own
+/// calendar arithmetic).
+fn date(unix_seconds: &str, format: &str) -> String {
+    let out = Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("@{unix_seconds}"),
+            &format!("+{format}"),
+        ])
+        .output()
+        .expect("run date");
+    assert!(out.status.success(), "date -d @{unix_seconds}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `unix_ms` as `date -d` takes it: `1796022586.435`.
+fn ms_to_secs(unix_ms: u64) -> String {
+    format!("{}.{:03}", unix_ms / 1000, unix_ms % 1000)
+}
+
 #[test]
 fn assetctl_version_and_help_describe_the_client() {
     let run = |args: &[&str]| {
@@ -197,4 +218,94 @@ async fn assetctl_sizes_take_units_like_the_daemons_flags() {
             "{flag}: {line}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assetctl_stat_shows_times_for_people_and_rfc3339_in_json() {
+    let http = HttpServer::start().await;
+    let body = random_bytes(4096, 1102);
+    let digest = digest_of(&body);
+    let url = http.route("/s", Reply::Body(body));
+    let daemon = TestDaemon::start();
+    stdout(&assetctl(
+        &daemon,
+        &[
+            "fetch",
+            "-q",
+            &url,
+            "--digest",
+            &digest,
+            "--lease",
+            "box-1",
+            "--lease-ttl",
+            "7200",
+        ],
+    ));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&assetctl(&daemon, &["--json", "stat", &digest]))).unwrap();
+    let added = json["added_unix_seconds"].as_i64().unwrap().to_string();
+    assert_eq!(json["added"], date(&added, "%Y-%m-%dT%H:%M:%SZ"));
+    let used = ms_to_secs(json["last_used_unix_ms"].as_u64().unwrap());
+    assert_eq!(json["last_used"], date(&used, "%Y-%m-%dT%H:%M:%S.%3NZ"));
+    let lease = &json["leases"][0];
+    assert_eq!(lease["lease"], "box-1");
+    let expires = ms_to_secs(lease["expires_unix_ms"].as_u64().unwrap());
+    assert_eq!(lease["expires"], date(&expires, "%Y-%m-%dT%H:%M:%S.%3NZ"));
+
+    let text = stdout(&assetctl(&daemon, &["stat", &digest]));
+    let line = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .to_owned()
+    };
+    let added_line = line("added:");
+    assert!(
+        added_line.contains(&date(&added, "%Y-%m-%d %H:%M:%S UTC")),
+        "{added_line}"
+    );
+    // Relative to now; the test may be slow, so any recent past will do.
+    assert!(
+        added_line.contains("just now") || added_line.contains(" ago)"),
+        "{added_line}"
+    );
+    assert!(line("last used:").contains(&date(&used, "%Y-%m-%d %H:%M:%S UTC")));
+    let lease_line = line("leases:");
+    assert!(
+        lease_line.contains("box-1")
+            && lease_line.contains(&date(&expires, "%Y-%m-%d %H:%M:%S UTC"))
+            && lease_line.contains("(in "),
+        "{lease_line}"
+    );
+    assert!(!text.contains("unix"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assetctl_ls_has_a_header() {
+    let http = HttpServer::start().await;
+    let body = random_bytes(4096, 1103);
+    let digest = digest_of(&body);
+    let url = http.route("/l", Reply::Body(body));
+    let daemon = TestDaemon::start();
+    let empty = stdout(&assetctl(&daemon, &["ls"]));
+    assert_eq!(empty.lines().count(), 1, "the header alone: {empty}");
+    stdout(&assetctl(
+        &daemon,
+        &["fetch", "-q", &url, "--digest", &digest],
+    ));
+    let listed = stdout(&assetctl(&daemon, &["ls"]));
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["DIGEST", "SIZE", "LAST", "USED", "LEASES", "PATH"],
+        "{listed}"
+    );
+    assert!(lines[1].starts_with(&digest), "{listed}");
+    // Columns line up: each heading starts where its column does.
+    let at = |heading: &str| lines[0].find(heading).unwrap();
+    assert!(lines[1][at("PATH")..].starts_with(&daemon.root.display().to_string()));
+    assert!(lines[1][at("LEASES")..].starts_with('-'), "{listed}");
 }

@@ -103,19 +103,28 @@ impl Output {
     pub fn asset(&self, a: Asset) {
         if self.json {
             println!("{}", asset_json(&a));
-        } else {
-            println!(
-                "digest: {}\nsize:   {} ({})\npath:   {}\nadded:  {} (unix seconds)\nused:   {} (unix ms)\nurls:   {}\nleases: {}",
-                a.digest,
-                a.size,
-                human(a.size),
-                a.path,
-                a.added_unix_seconds,
-                a.last_used_unix_ms,
-                a.urls.join(" "),
-                lease_names(&a),
-            );
+            return;
         }
+        let now = now_ms();
+        let leases = if a.leases.is_empty() {
+            "none".to_owned()
+        } else {
+            let held: Vec<String> = a.leases.iter().map(|l| lease_text(l, now)).collect();
+            held.join("\n           ")
+        };
+        println!(
+            "digest:    {}\nsize:      {} bytes ({})\npath:      {}\nadded:     {}\nlast used: {}\nurls:      {}\nleases:    {leases}",
+            a.digest,
+            a.size,
+            human(a.size),
+            a.path,
+            when(a.added_unix_seconds.saturating_mul(1000), now),
+            match a.last_used_unix_ms {
+                0 => "never".to_owned(),
+                t => when(ms(t), now),
+            },
+            a.urls.join(" "),
+        );
     }
 
     pub fn list(&self, assets: &[Asset]) {
@@ -124,11 +133,20 @@ impl Output {
             println!("{}", serde_json::Value::Array(all));
             return;
         }
+        let now = now_ms();
+        println!(
+            "{:<71}  {:>10}  {:<13}  {:<12}  PATH",
+            "DIGEST", "SIZE", "LAST USED", "LEASES"
+        );
         for a in assets {
             println!(
-                "{}  {:>10}  {:<12}  {}",
+                "{:<71}  {:>10}  {:<13}  {:<12}  {}",
                 a.digest,
                 human(a.size),
+                match a.last_used_unix_ms {
+                    0 => "never".to_owned(),
+                    t => relative(ms(t), now),
+                },
                 lease_names(a),
                 a.path
             );
@@ -157,17 +175,36 @@ fn asset_json(a: &Asset) -> serde_json::Value {
     let leases: Vec<_> = a
         .leases
         .iter()
-        .map(|l| json!({"lease": l.lease, "expires_unix_ms": l.expires_unix_ms}))
+        .map(|l| {
+            json!({
+                "lease": l.lease,
+                "owner_uid": l.owner_uid,
+                "expires_unix_ms": l.expires_unix_ms,
+                // RFC 3339; null for a pin that holds until released.
+                "expires": (l.expires_unix_ms > 0).then(|| rfc3339(ms(l.expires_unix_ms), true)),
+            })
+        })
         .collect();
     json!({
         "digest": a.digest,
         "path": a.path,
         "size": a.size,
+        "added": rfc3339(a.added_unix_seconds.saturating_mul(1000), false),
         "added_unix_seconds": a.added_unix_seconds,
+        "last_used": (a.last_used_unix_ms > 0).then(|| rfc3339(ms(a.last_used_unix_ms), true)),
         "last_used_unix_ms": a.last_used_unix_ms,
         "urls": a.urls,
         "leases": leases,
     })
+}
+
+/// A pin as `stat` shows it: name, owner, and when it lapses.
+fn lease_text(l: &proto::LeaseHold, now: i64) -> String {
+    let until = match l.expires_unix_ms {
+        0 => "until released".to_owned(),
+        t => format!("lapses {}", when(ms(t), now)),
+    };
+    format!("{} (uid {}), {until}", l.lease, l.owner_uid)
 }
 
 fn lease_names(a: &Asset) -> String {
@@ -177,6 +214,77 @@ fn lease_names(a: &Asset) -> String {
     } else {
         names.join(",")
     }
+}
+
+/// Milliseconds since the Unix epoch, as a signed number.
+fn ms(unix_ms: u64) -> i64 {
+    i64::try_from(unix_ms).unwrap_or(i64::MAX)
+}
+
+/// Now, in milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A time for people: `2026-11-30 07:06:07 UTC (3 min ago)`.
+fn when(unix_ms: i64, now: i64) -> String {
+    let text = rfc3339(unix_ms, false);
+    format!(
+        "{} {} UTC ({})",
+        &text[..10],
+        &text[11..19],
+        relative(unix_ms, now)
+    )
+}
+
+/// How far `unix_ms` is from `now`: `12 s ago`, `3 min ago`, `in 5 h`.
+fn relative(unix_ms: i64, now: i64) -> String {
+    let secs = (now.saturating_sub(unix_ms) / 1000).unsigned_abs();
+    let span = match secs {
+        0 => return "just now".to_owned(),
+        s if s < 60 => format!("{s} s"),
+        s if s < 3600 => format!("{} min", s / 60),
+        s if s < 48 * 3600 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86400),
+    };
+    if unix_ms > now {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
+/// `unix_ms` in RFC 3339, UTC: `2026-11-30T07:06:07Z`, or with
+/// `millis` `2026-11-30T07:06:07.619Z`.
+pub fn rfc3339(unix_ms: i64, millis: bool) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let (days, of_day) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    let (y, m, d) = civil_from_days(days);
+    let (hh, mm, ss) = (of_day / 3600, of_day / 60 % 60, of_day % 60);
+    let fraction = if millis {
+        format!(".{:03}", unix_ms.rem_euclid(1000))
+    } else {
+        String::new()
+    };
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}{fraction}Z")
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 /// Bytes in binary units, one decimal: `1.5 GiB`.
