@@ -125,6 +125,14 @@ fn assetctl_says_when_the_daemon_is_not_running() {
     );
 }
 
+/// `assetctl` run as it is here: stderr a pipe, not a terminal.
+fn stderr_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// `date -u` formatting `unix_seconds` (a real oracle for the client's own
 /// calendar arithmetic).
 fn date(unix_seconds: &str, format: &str) -> String {
@@ -308,4 +316,84 @@ async fn assetctl_ls_has_a_header() {
     let at = |heading: &str| lines[0].find(heading).unwrap();
     assert!(lines[1][at("PATH")..].starts_with(&daemon.root.display().to_string()));
     assert!(lines[1][at("LEASES")..].starts_with('-'), "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assetctl_fetch_without_a_terminal_ends_with_one_summary_line() {
+    let http = HttpServer::start().await;
+    let body = random_bytes(2 << 20, 1104);
+    let digest = digest_of(&body);
+    let url = http.route("/sum", Reply::Body(body));
+    let daemon = TestDaemon::start();
+
+    let out = assetctl(&daemon, &["fetch", &url, "--digest", &digest]);
+    stdout(&out);
+    let lines = stderr_lines(&out);
+    // Progress lines come only every few seconds after the start; a quick
+    // fetch prints its summary alone. Whatever came first, it ends there.
+    let summary = lines.last().expect("a summary line");
+    assert!(
+        summary.starts_with("assetctl: fetched 2.0 MiB in ") && summary.ends_with(&url),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("fetched")).count(),
+        1,
+        "{lines:?}"
+    );
+    // A real rate, in binary units like every size.
+    let rate = summary
+        .split(" at ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no rate in {summary}"));
+    assert!(rate > 0.0, "{summary}");
+    assert!(summary.contains("iB/s from"), "{summary}");
+    for line in &lines {
+        assert!(
+            !line.contains("MB/s") && !line.contains(" 0 B,"),
+            "{lines:?}"
+        );
+    }
+
+    // A hit says so, with its size.
+    let out = assetctl(&daemon, &["fetch", &url, "--digest", &digest]);
+    stdout(&out);
+    assert_eq!(
+        stderr_lines(&out),
+        ["assetctl: 2.0 MiB already cached"],
+        "{out:?}"
+    );
+    // --quiet: nothing.
+    let out = assetctl(&daemon, &["fetch", "-q", &url, "--digest", &digest]);
+    stdout(&out);
+    assert!(out.stderr.is_empty(), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_progress_ends_with_the_transfers_last_bytes_before_the_result() {
+    use assetd::proto::fetch_event::Event;
+    let http = HttpServer::start().await;
+    let body = random_bytes(1 << 20, 1105);
+    let digest = digest_of(&body);
+    let url = http.route("/last", Reply::Body(body.clone()));
+    let daemon = TestDaemon::start();
+    let mut events = daemon
+        .client()
+        .await
+        .fetch_progress(crate::common::fetch_req(&url, &digest, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(event) = events.message().await.unwrap() {
+        seen.push(event.event.unwrap());
+    }
+    let [.., Event::Progress(last), Event::Done(done)] = seen.as_slice() else {
+        panic!("progress, then the result: {seen:?}");
+    };
+    assert!(!done.cache_hit);
+    assert_eq!(last.bytes_done, body.len() as u64, "{seen:?}");
+    assert!(last.bytes_per_second > 0.0, "{seen:?}");
 }

@@ -8,14 +8,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 /// Progress on stderr: a bar on a terminal, a plain line every few seconds
-/// otherwise (logs, CI), nothing with `--quiet`.
+/// otherwise (logs, CI; none in the first few seconds, so a quick fetch
+/// prints only its summary), nothing with `--quiet`.
 pub enum ProgressDisplay {
     Bar(ProgressBar),
-    Lines(Option<Instant>),
+    Lines {
+        /// The last line printed, or when the display began.
+        last: Instant,
+    },
     Quiet,
 }
 
-/// Time between plain progress lines.
+/// Time between plain progress lines, and before the first.
 const LINE_EVERY: Duration = Duration::from_secs(2);
 
 impl ProgressDisplay {
@@ -24,11 +28,14 @@ impl ProgressDisplay {
             return ProgressDisplay::Quiet;
         }
         if !std::io::stderr().is_terminal() {
-            return ProgressDisplay::Lines(None);
+            return ProgressDisplay::Lines {
+                last: Instant::now(),
+            };
         }
         let bar = ProgressBar::new(0);
+        // Binary units, as everywhere in assetctl: MiB and MiB/s.
         let style = ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+            "{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
         );
         if let Ok(style) = style {
             bar.set_style(style);
@@ -43,11 +50,11 @@ impl ProgressDisplay {
                 bar.set_position(p.bytes_done);
                 bar.set_message(p.source.clone());
             }
-            ProgressDisplay::Lines(last) => {
-                if last.is_some_and(|t| t.elapsed() < LINE_EVERY) {
+            ProgressDisplay::Lines { last } => {
+                if last.elapsed() < LINE_EVERY {
                     return;
                 }
-                *last = Some(Instant::now());
+                *last = Instant::now();
                 let of = match p.bytes_total {
                     0 => String::new(),
                     total => format!(" of {} ({}%)", human(total), p.bytes_done * 100 / total),
@@ -58,9 +65,9 @@ impl ProgressDisplay {
                     p.source.clone()
                 };
                 eprintln!(
-                    "assetctl: {}{of}, {:.1} MB/s, {from}",
+                    "assetctl: {}{of}, {}, {from}",
                     human(p.bytes_done),
-                    p.bytes_per_second / 1e6
+                    rate(p.bytes_per_second)
                 );
             }
             ProgressDisplay::Quiet => {}
@@ -71,16 +78,51 @@ impl ProgressDisplay {
     pub fn line(&self, text: &str) {
         match self {
             ProgressDisplay::Bar(bar) => bar.println(text),
-            ProgressDisplay::Lines(_) => eprintln!("assetctl: {text}"),
+            ProgressDisplay::Lines { .. } => eprintln!("assetctl: {text}"),
             ProgressDisplay::Quiet => {}
         }
     }
 
-    pub fn finish(&self) {
+    /// Clears the bar; then `summary`, if any, on stderr (not with `--quiet`).
+    pub fn finish(&self, summary: Option<&str>) {
         if let ProgressDisplay::Bar(bar) = self {
             bar.finish_and_clear();
         }
+        if let Some(text) = summary
+            && !matches!(self, ProgressDisplay::Quiet)
+        {
+            eprintln!("assetctl: {text}");
+        }
     }
+}
+
+/// The line a fetch ends with: what came, how long it took and how fast
+/// the transfer went (`last`: its last progress, if it had any), or that
+/// it was cached already.
+pub fn fetch_summary(
+    done: &proto::FetchResponse,
+    last: Option<&proto::Progress>,
+    took: Duration,
+) -> String {
+    if done.cache_hit {
+        return format!("{} already cached", human(done.size));
+    }
+    let secs = took.as_secs_f64();
+    // The daemon's rate covers the transfer only (not a wait for a slot);
+    // without one, this call's own.
+    let per_second = last
+        .map(|p| p.bytes_per_second)
+        .filter(|r| *r > 0.0)
+        .unwrap_or(done.size as f64 / secs.max(1e-3));
+    let from = match last.map(|p| p.source.as_str()) {
+        Some("") | None => String::new(),
+        Some(url) => format!(" from {url}"),
+    };
+    format!(
+        "fetched {} in {secs:.1} s at {}{from}",
+        human(done.size),
+        rate(per_second)
+    )
 }
 
 /// Prints results as text or JSON.
@@ -214,6 +256,11 @@ fn lease_names(a: &Asset) -> String {
     } else {
         names.join(",")
     }
+}
+
+/// A rate in binary units, as sizes are: `21.9 MiB/s`.
+pub fn rate(bytes_per_second: f64) -> String {
+    format!("{}/s", human(bytes_per_second as u64))
 }
 
 /// Milliseconds since the Unix epoch, as a signed number.

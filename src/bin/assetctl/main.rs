@@ -8,6 +8,7 @@ mod manifest;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use assetd::config::ByteSize;
 use assetd::proto::assets_client::AssetsClient;
@@ -375,13 +376,19 @@ async fn fetch(
     out: &Output,
     quiet: bool,
 ) -> Result<(), Status> {
+    let began = Instant::now();
     let mut events = client.fetch_progress(req).await?.into_inner();
     let mut display = ProgressDisplay::new(quiet);
+    let mut last = None;
     while let Some(event) = events.message().await? {
         match event.event {
-            Some(fetch_event::Event::Progress(p)) => display.update(&p),
+            Some(fetch_event::Event::Progress(p)) => {
+                display.update(&p);
+                last = Some(p);
+            }
             Some(fetch_event::Event::Done(done)) => {
-                display.finish();
+                let summary = display::fetch_summary(&done, last.as_ref(), began.elapsed());
+                display.finish(Some(&summary));
                 out.fetched(done);
                 return Ok(());
             }
@@ -549,7 +556,7 @@ async fn prewarm(
             break;
         }
     }
-    display.finish();
+    display.finish(None);
     // A stream that ended early leaves assets without a result: failed.
     failed = total - done;
     let text = format!(
