@@ -397,3 +397,49 @@ async fn fetch_progress_ends_with_the_transfers_last_bytes_before_the_result() {
     assert_eq!(last.bytes_done, body.len() as u64, "{seen:?}");
     assert!(last.bytes_per_second > 0.0, "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assetctl_prewarm_json_prints_one_object_per_asset() {
+    let http = HttpServer::start().await;
+    let assets = crate::common::serve_assets(&http, 2, 4096, 1106);
+    let missing = http.route("/missing", Reply::status(404));
+    let daemon = TestDaemon::start();
+    let manifest = daemon.root.parent().unwrap().join("m.toml");
+    let mut toml = String::new();
+    for (url, digest) in [
+        (assets[0].0.as_str(), assets[0].2.as_str()),
+        (missing.as_str(), WRONG_DIGEST),
+        (assets[1].0.as_str(), assets[1].2.as_str()),
+    ] {
+        toml += &format!("[[assets]]\nurl = \"{url}\"\ndigest = \"{digest}\"\n\n");
+    }
+    std::fs::write(&manifest, toml).unwrap();
+    let manifest = manifest.to_str().unwrap();
+    for round in ["fetched", "cached"] {
+        let out = assetctl(&daemon, &["--json", "prewarm", manifest]);
+        assert_eq!(out.status.code(), Some(12), "{out:?}");
+        let mut objects: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect();
+        objects.sort_by_key(|o| o["index"].as_u64());
+        assert_eq!(objects.len(), 3, "{objects:?}");
+        for (i, asset) in [(0, &assets[0]), (2, &assets[1])] {
+            let o = &objects[i];
+            assert_eq!(o["index"], i, "{o}");
+            assert_eq!(
+                (&o["digest"], &o["status"]),
+                (&asset.2.as_str().into(), &round.into())
+            );
+            assert_eq!(o["size"], 4096);
+            assert_eq!(std::fs::read(o["path"].as_str().unwrap()).unwrap(), asset.1);
+        }
+        let failed = &objects[1];
+        assert_eq!(failed["digest"], WRONG_DIGEST);
+        assert_eq!(failed["status"], "failed");
+        assert!(
+            failed["message"].as_str().unwrap().contains("404"),
+            "{failed}"
+        );
+    }
+}

@@ -515,7 +515,9 @@ async fn verify(
 }
 
 /// Streams a prewarm batch: a line per finished asset (and progress on a
-/// terminal), then a summary. Exit 12 when any asset failed.
+/// terminal), then a summary; with `--json`, one JSON object per asset of
+/// the manifest, in the order they finish, and no summary. Exit 12 when any
+/// asset failed.
 async fn prewarm(
     client: &mut AssetsClient<Channel>,
     req: proto::PrewarmRequest,
@@ -523,50 +525,85 @@ async fn prewarm(
     quiet: bool,
 ) -> Result<ExitCode, Status> {
     let total = req.assets.len();
+    let digests: Vec<String> = req.assets.iter().map(|a| a.digest.clone()).collect();
     let mut events = client.prewarm(req).await?.into_inner();
     let mut display = ProgressDisplay::new(quiet);
+    let mut answered = vec![false; total];
     let (mut done, mut failed, mut bytes) = (0usize, 0usize, 0u64);
-    while let Some(event) = events.message().await? {
-        match event.event {
-            Some(prewarm_event::Event::Progress(p)) => display.update(&p),
-            Some(prewarm_event::Event::Done(r)) => {
+    let broken = loop {
+        if done + failed == total {
+            break None;
+        }
+        let event = match events.message().await {
+            Ok(Some(event)) => event,
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        };
+        let index = event.index as usize;
+        let (value, text) = match event.event {
+            Some(prewarm_event::Event::Progress(p)) => {
+                display.update(&p);
+                continue;
+            }
+            Some(prewarm_event::Event::Done(r)) if answered.get(index) == Some(&false) => {
                 done += 1;
                 bytes += r.size;
                 let hit = if r.cache_hit { "cached" } else { "fetched" };
-                display.line(&format!(
-                    "[{}/{total}] {hit} {} {}",
-                    done + failed,
-                    r.digest,
-                    r.path
-                ));
+                let text = format!("{hit} {} {}", r.digest, r.path);
+                let value = json!({"index": index, "digest": r.digest, "status": hit,
+                    "path": r.path, "size": r.size, "cache_hit": r.cache_hit});
+                (value, text)
             }
-            Some(prewarm_event::Event::Failed(f)) => {
+            Some(prewarm_event::Event::Failed(f)) if answered.get(index) == Some(&false) => {
                 failed += 1;
-                display.line(&format!(
-                    "[{}/{total}] FAILED {} {}: {}",
-                    done + failed,
-                    event.digest,
-                    f.code,
-                    f.message
-                ));
+                let text = format!("FAILED {} {}: {}", event.digest, f.code, f.message);
+                let value = json!({"index": index, "digest": event.digest, "status": "failed",
+                    "code": f.code, "message": f.message});
+                (value, text)
             }
-            Some(prewarm_event::Event::Queued(_)) | None => {}
+            _ => continue,
+        };
+        answered[index] = true;
+        if out.json {
+            println!("{value}");
+        } else {
+            display.line(&format!("[{}/{total}] {text}", done + failed));
         }
-        if done + failed == total {
-            break;
-        }
-    }
+    };
     display.finish(None);
     // A stream that ended early leaves assets without a result: failed.
-    failed = total - done;
-    let text = format!(
-        "{done} of {total} assets on the node ({}), {failed} failed",
-        human(bytes)
+    let why = broken.as_ref().map_or_else(
+        || "the daemon ended the stream without a result for it".to_owned(),
+        |status| format!("no result: {}", status.message()),
     );
-    out.either(
-        json!({"assets": total, "done": done, "failed": failed, "bytes": bytes}),
-        &text,
-    );
+    for (index, digest) in digests.iter().enumerate() {
+        if answered[index] {
+            continue;
+        }
+        failed += 1;
+        if out.json {
+            let code = broken.as_ref().map_or(Code::Unknown, Status::code);
+            println!(
+                "{}",
+                json!({"index": index, "digest": digest, "status": "failed",
+                    "code": format!("{code:?}"), "message": why})
+            );
+        } else {
+            display.line(&format!(
+                "[{}/{total}] FAILED {digest}: {why}",
+                done + failed
+            ));
+        }
+    }
+    if let Some(status) = broken {
+        return Err(status);
+    }
+    if !out.json {
+        println!(
+            "{done} of {total} assets on the node ({}), {failed} failed",
+            human(bytes)
+        );
+    }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
