@@ -443,3 +443,74 @@ async fn assetctl_prewarm_json_prints_one_object_per_asset() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gc_dry_run_is_open_to_anyone_and_names_no_lease() {
+    if !crate::common::root_or_skip() {
+        return;
+    }
+    let http = HttpServer::start().await;
+    let assets = crate::common::serve_assets(&http, 2, 1 << 20, 1107);
+    // A cap below one asset: only gc evicts (not the commit of the asset
+    // in flight); no grace; the daemon's own gc not during the test.
+    let daemon = TestDaemon::start_with(&[
+        "--max-cache-bytes",
+        "1MiB",
+        "--unleased-grace",
+        "0s",
+        "--gc-interval",
+        "600m",
+    ]);
+    daemon.open_to_everyone();
+    let lease = "roots-secret-lease";
+    for (asset, lease) in [(&assets[0], lease), (&assets[1], "")] {
+        let mut args = vec![
+            "fetch",
+            "-q",
+            asset.0.as_str(),
+            "--digest",
+            asset.2.as_str(),
+        ];
+        if !lease.is_empty() {
+            args.extend(["--lease", lease]);
+        }
+        stdout(&assetctl(&daemon, &args));
+    }
+    let nobody = |args: &[&str]| daemon.assetctl_as_nobody().args(args).output().unwrap();
+
+    let out = nobody(&["--json", "gc", "--dry-run"]);
+    let text = stdout(&out);
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["evicted"], serde_json::json!([assets[1].2]));
+    assert_eq!(report["bytes"], 1 << 20);
+    assert_eq!(report["lapsed_pins"], 0);
+    // Nothing of root's lease: not its name, not its owner.
+    assert!(!text.contains(lease) && !text.contains("owner"), "{text}");
+    let out = nobody(&["gc", "--dry-run"]);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("would evict 1 assets, 1.0 MiB") && text.contains(&assets[1].2),
+        "{text}"
+    );
+    assert!(!text.contains(lease), "{text}");
+    assert_eq!(daemon.blobs().len(), 2, "a dry run changes nothing");
+    // Nobody still sees no one else's pins in ls.
+    let listed = stdout(&nobody(&["--json", "ls"]));
+    assert!(!listed.contains(lease), "{listed}");
+
+    // A real gc stays for admins.
+    let out = nobody(&["gc"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(
+        stderr.contains("may run gc (a dry run is open to anyone)"),
+        "{stderr}"
+    );
+    assert_eq!(daemon.blobs().len(), 2);
+    // Root's gc evicts what the dry run said.
+    let out = stdout(&assetctl(&daemon, &["--json", "gc"]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["evicted"], serde_json::json!([assets[1].2]));
+    assert_eq!(daemon.blob_digests(), [assets[0].2.clone()].into());
+}

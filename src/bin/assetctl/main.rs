@@ -116,8 +116,9 @@ enum Command {
     #[command(subcommand)]
     Lease(LeaseCommand),
     /// Evict least recently used, unleased assets past the daemon's limits
+    /// (admins; a dry run: anyone)
     Gc {
-        /// Only say what would go
+        /// Only say what would go, changing nothing (anyone may)
         #[arg(long)]
         dry_run: bool,
     },
