@@ -88,7 +88,7 @@ fn log_fetched(blob: &Blob, url: &SourceUrl, started: Instant) {
         url = %url,
         bytes = blob.size,
         secs = format_args!("{secs:.3}"),
-        mb_per_s = format_args!("{:.1}", blob.size as f64 / secs.max(1e-9) / 1e6),
+        mib_per_s = format_args!("{:.1}", blob.size as f64 / secs.max(1e-9) / f64::from(1 << 20)),
         outcome = "fetched",
         "transfer"
     );

@@ -139,6 +139,12 @@ impl Roles {
     /// admin group's members. Every user with access to the socket may fetch
     /// and look.
     pub(super) fn require_admin(&self, caller: &Caller) -> Result<(), RequestError> {
+        self.require_admin_to("change or verify the cache", caller)
+    }
+
+    /// [`Roles::require_admin`], the refusal saying that only admins may
+    /// `what`.
+    pub(super) fn require_admin_to(&self, what: &str, caller: &Caller) -> Result<(), RequestError> {
         if caller.admin {
             return Ok(());
         }
@@ -154,7 +160,7 @@ impl Roles {
             .map(|gid| format!(", or members of the admin group (gid {gid}),"))
             .unwrap_or_default();
         Err(RequestError::Denied(format!(
-            "only uid 0 or the daemon's uid {me}{uids}{group} may change or verify the cache; the caller is uid {}",
+            "only uid 0 or the daemon's uid {me}{uids}{group} may {what}; the caller is uid {}",
             caller.uid
         )))
     }
