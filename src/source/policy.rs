@@ -432,6 +432,13 @@ impl SourcePolicy {
         }
     }
 
+    /// Whether an allow rule names a bucket (then only those are read).
+    pub fn names_buckets(&self) -> bool {
+        self.allow
+            .iter()
+            .any(|r| matches!(r.kind, RuleKind::Bucket(_)))
+    }
+
     /// Checks a `gs://` bucket: deny rules, then, when any allow rule names
     /// a bucket, that it is one of them.
     pub fn check_bucket(&self, bucket: &str) -> Result<(), Refused> {
