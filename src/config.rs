@@ -69,6 +69,10 @@ pub const DEFAULT_MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Lease pins one user (not an admin) may hold at once: far more than a
 /// node's sandboxes use, few enough that one user can't pin the cache.
 pub const DEFAULT_MAX_LEASES_PER_UID: usize = 1024;
+/// Share of the store's file system one user's (not an admin's) leases may
+/// hold: leased assets can't be evicted, so without it one user could pin
+/// the cache full.
+pub const DEFAULT_MAX_LEASED_PERCENT_PER_UID: u8 = 25;
 /// Prewarm assets one user (not an admin) may have queued or running at
 /// once: a node baseline fits, a flood of batches doesn't.
 pub const DEFAULT_MAX_PREWARM_PER_UID: usize = 256;
@@ -158,6 +162,9 @@ pub struct CacheConfig {
     pub max_lease_ttl: Seconds,
     /// Lease pins one user may hold (admins exempt); more are refused.
     pub max_leases_per_uid: usize,
+    /// Bytes of assets one user's leases may hold (admins exempt): a size,
+    /// or a share of the store's file system; 0 for no cap.
+    pub max_leased_bytes_per_uid: MinFree,
 }
 
 /// Transfers: limits, retries, slots.
@@ -285,6 +292,7 @@ impl Default for CacheConfig {
             unleased_grace: Seconds(DEFAULT_UNLEASED_GRACE),
             max_lease_ttl: Seconds(DEFAULT_MAX_LEASE_TTL),
             max_leases_per_uid: DEFAULT_MAX_LEASES_PER_UID,
+            max_leased_bytes_per_uid: MinFree::Percent(DEFAULT_MAX_LEASED_PERCENT_PER_UID),
         }
     }
 }

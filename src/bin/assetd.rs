@@ -137,6 +137,11 @@ struct Args {
     /// [default: 1024]
     #[arg(long)]
     max_leases_per_uid: Option<usize>,
+    /// Bytes of assets one user's leases may hold (root and the daemon's
+    /// user exempt): a size or a share of the file system (25%); 0 for no
+    /// cap [default: 25%]
+    #[arg(long)]
+    max_leased_bytes_per_uid: Option<MinFree>,
     /// Prewarm assets one user may have queued or running (root and the
     /// daemon's user exempt) [default: 256]
     #[arg(long)]
@@ -215,6 +220,10 @@ impl Args {
         set(&mut cache.unleased_grace, args.unleased_grace);
         set(&mut cache.max_lease_ttl, args.max_lease_ttl);
         set(&mut cache.max_leases_per_uid, args.max_leases_per_uid);
+        set(
+            &mut cache.max_leased_bytes_per_uid,
+            args.max_leased_bytes_per_uid,
+        );
         set(&mut fetch.max_prewarm_per_uid, args.max_prewarm_per_uid);
         config
     }

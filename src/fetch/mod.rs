@@ -469,8 +469,9 @@ impl Fetcher {
     /// Pins `want`'s lease on `blob` for its caller, if it has one;
     /// `Ok(None)` when the asset is no longer cached. A caller that is not
     /// an admin has its TTL cut to `cache.max_lease_ttl` and may hold at
-    /// most `cache.max_leases_per_uid` pins ([`StoreError::TooManyLeases`],
-    /// the asset stays cached but unpinned).
+    /// most `cache.max_leases_per_uid` pins ([`StoreError::TooManyLeases`])
+    /// on at most `cache.max_leased_bytes_per_uid` ([`StoreError::TooMuchLeased`]);
+    /// refused, the asset stays cached but unpinned.
     async fn pin(&self, want: &Want, blob: Blob) -> Result<Option<Blob>, FetchError> {
         let Some(lease) = &want.lease else {
             return Ok(Some(blob));
@@ -485,7 +486,10 @@ impl Fetcher {
             let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
             crate::store::now_ms().saturating_add(ms)
         });
-        let cap = (!caller.admin).then_some(cache.max_leases_per_uid);
+        let cap = (!caller.admin).then_some(crate::store::LeaseCap {
+            pins: cache.max_leases_per_uid,
+            bytes: cache.max_leased_bytes_per_uid,
+        });
         let (digest, name) = (want.digest, lease.name.clone());
         let pinned = self
             .blocking(move |store| store.pin(&digest, &name, caller.uid, expires, cap))

@@ -219,6 +219,20 @@ impl Index {
         }
     }
 
+    /// Bytes of the assets `owner` holds a live pin on, and whether
+    /// `digest` is among them.
+    pub fn pinned_bytes_of(&self, owner: u32, now: u64, digest: &Digest) -> (u64, bool) {
+        let mut bytes = 0;
+        let mut has = false;
+        for (d, entry) in &self.entries {
+            if entry.pins.iter().any(|p| p.owner == owner && p.holds(now)) {
+                bytes += entry.size;
+                has |= d == digest;
+            }
+        }
+        (bytes, has)
+    }
+
     /// How many pins `owner` holds at `now` (lapsed ones hold nothing).
     pub fn pins_of(&self, owner: u32, now: u64) -> usize {
         self.entries

@@ -48,7 +48,7 @@ use crate::digest::Digest;
 use index::{Entry, Index};
 pub use ingest::Ingest;
 pub use layout::Unsafe;
-pub use lifecycle::{Actual, AssetInfo, Corrupt, EvictPolicy, ListQuery};
+pub use lifecycle::{Actual, AssetInfo, Corrupt, EvictPolicy, LeaseCap, ListQuery};
 pub use meta::{MetaError, Pin, Record, now_ms};
 
 /// A store failure, naming what failed.
@@ -106,6 +106,22 @@ pub enum StoreError {
         held: usize,
         /// The cap.
         cap: usize,
+    },
+    /// A user's pins would hold more bytes than it may; the asset was not
+    /// pinned.
+    #[error(
+        "uid {uid} holds {held} bytes under lease; {size} more would pass the most a user may hold \
+         (--max-leased-bytes-per-uid: {cap} bytes); release some first"
+    )]
+    TooMuchLeased {
+        /// The user.
+        uid: u32,
+        /// Bytes of the assets it pins now.
+        held: u64,
+        /// The asset's size.
+        size: u64,
+        /// The cap, in bytes.
+        cap: u64,
     },
     /// Another process holds the root's lock.
     #[error("{path} is in use by another assetd (its lock is held)")]
