@@ -134,6 +134,53 @@ pub struct ServerConfig {
     /// Users who are admins too (besides root and the daemon's user), by
     /// uid.
     pub admin_uids: Vec<u32>,
+    /// Where Prometheus metrics are served: a loopback `address:port`, or
+    /// a unix socket path (`/run/assetd/metrics.sock`); none for no metrics.
+    pub metrics_listen: Option<String>,
+    /// The log's format.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per event.
+    #[default]
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// Where metrics are served, checked: never a network address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// A loopback address and port.
+    Tcp(std::net::SocketAddr),
+    /// A unix socket.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for MetricsListen {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<MetricsListen, ConfigError> {
+        let bad = |reason: &str| ConfigError::MetricsListen {
+            value: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if s.starts_with('/') {
+            return Ok(MetricsListen::Unix(PathBuf::from(s)));
+        }
+        let addr: std::net::SocketAddr = s.parse().map_err(|_| {
+            bad("want a loopback ADDRESS:PORT (127.0.0.1:9464) or an absolute socket path")
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(bad(
+                "metrics are served on loopback or a unix socket only (a scraper on the node, or a proxy in front)",
+            ));
+        }
+        Ok(MetricsListen::Tcp(addr))
+    }
 }
 
 /// The on-disk store.
@@ -221,6 +268,14 @@ pub struct SourcesConfig {
     pub deny_source: Vec<SourceRule>,
 }
 
+impl ServerConfig {
+    /// Where metrics are served, if anywhere; checked by
+    /// [`Config::validate`].
+    pub fn metrics_listen(&self) -> Option<MetricsListen> {
+        self.metrics_listen.as_deref().and_then(|l| l.parse().ok())
+    }
+}
+
 impl SourcesConfig {
     /// The source policy these rules make.
     pub fn policy(&self) -> SourcePolicy {
@@ -271,6 +326,8 @@ impl Default for ServerConfig {
             admin_group: None,
             admin_gid: None,
             admin_uids: Vec::new(),
+            metrics_listen: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -546,6 +603,14 @@ pub enum ConfigError {
         /// What is wrong, and where.
         message: String,
     },
+    /// A metrics address that is not loopback or a socket path.
+    #[error("metrics listen {value:?}: {reason}")]
+    MetricsListen {
+        /// The value as given.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Socket permissions that are not octal mode bits.
     #[error("malformed socket mode {value:?}: want octal permission bits such as 0660")]
     BadMode {
@@ -679,6 +744,9 @@ impl Config {
             Some(name) => Some(group_gid("admin group", name)?),
             None => None,
         };
+        if let Some(listen) = &self.server.metrics_listen {
+            listen.parse::<MetricsListen>()?;
+        }
         self.server.socket_gid = match &self.server.socket_group {
             Some(name) => Some(group_gid("socket group", name)?),
             None => None,

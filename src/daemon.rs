@@ -28,6 +28,14 @@ pub enum DaemonError {
     /// The sources could not be set up.
     #[error("setting up sources: {0}")]
     Sources(#[source] SourceError),
+    /// The metrics endpoint could not be bound.
+    #[error("metrics listen {listen}: {source}")]
+    Metrics {
+        /// The address or path.
+        listen: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The server could not start or failed.
     #[error(transparent)]
     Server(ServerError),
@@ -55,6 +63,21 @@ pub async fn run(
         })?
         .map_err(DaemonError::Store)?;
     let fetcher = fetcher(store, &config, lifetime.clone())?;
+    if let Some(listen) = config.server.metrics_listen() {
+        let endpoint =
+            crate::metrics::bind(&listen)
+                .await
+                .map_err(|source| DaemonError::Metrics {
+                    listen: config.server.metrics_listen.clone().unwrap_or_default(),
+                    source,
+                })?;
+        tracing::info!(listen = %endpoint, "serving metrics");
+        lifetime.tracker.spawn(crate::metrics::serve(
+            endpoint,
+            fetcher.clone(),
+            lifetime.token.clone(),
+        ));
+    }
     let upkeep = fetcher.clone();
     lifetime.tracker.spawn(async move { upkeep.upkeep().await });
     lifetime.tracker.spawn(crate::systemd::report(

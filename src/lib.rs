@@ -21,6 +21,7 @@
 //!   limits (per user too), prewarm, upkeep.
 //! - [`server`]: the tonic edge on a unix socket: requests parsed once with
 //!   the caller's role, errors mapped to statuses once.
+//! - [`metrics`]: Prometheus counters and gauges, served on loopback.
 //! - [`systemd`]: socket activation and the notify protocol.
 //! - [`daemon`]: wires them together; `run(listener, config, shutdown)`.
 //! - [`proto`]: the generated `assetd.v1` messages, server and client.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod daemon;
 pub mod digest;
 pub mod fetch;
+pub mod metrics;
 pub mod server;
 pub mod source;
 pub mod store;

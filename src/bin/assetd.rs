@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use assetd::config::{
-    ByteSize, Config, ConfigError, DEFAULT_CONFIG_FILE, MinFree, Seconds, SocketMode,
+    ByteSize, Config, ConfigError, DEFAULT_CONFIG_FILE, LogFormat, MinFree, Seconds, SocketMode,
 };
 use assetd::server::Listener;
 use assetd::source::SourceRule;
@@ -57,6 +57,13 @@ struct Args {
     /// A user who is an admin too, by uid (repeatable)
     #[arg(long = "admin-uid", value_name = "UID")]
     admin_uids: Vec<u32>,
+    /// Serve Prometheus metrics at /metrics on a loopback ADDRESS:PORT
+    /// (127.0.0.1:9464) or a unix socket path [default: off]
+    #[arg(long, value_name = "LISTEN")]
+    metrics_listen: Option<String>,
+    /// Log lines as text or JSON objects [default: text]
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
     /// Largest asset accepted, in bytes or with a unit (512MiB, 8GiB) [default: 8GiB]
     #[arg(long)]
     max_size: Option<ByteSize>,
@@ -180,6 +187,11 @@ impl Args {
             config.server.admin_uids = args.admin_uids;
         }
         set(
+            &mut config.server.metrics_listen,
+            args.metrics_listen.map(Some),
+        );
+        set(&mut config.server.log_format, args.log_format);
+        set(
             &mut config.server.max_connections_per_uid,
             args.max_connections_per_uid,
         );
@@ -229,8 +241,9 @@ impl Args {
     }
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+/// Logs to stderr at `RUST_LOG` (default `info`), in `format`.
+fn init_logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -239,8 +252,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         // Its own report of a failed write is an `eprintln!`, which panics
         // on a broken stderr.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+}
+
+fn main() -> ExitCode {
     let args = Args::parse();
     let print_config = args.print_config;
     let config = args.config().map(|file| args.apply(file));
@@ -255,6 +274,7 @@ fn main() -> ExitCode {
         let _ = write!(std::io::stdout(), "{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
+    init_logging(config.server.log_format);
     // Before any thread starts: it clears LISTEN_FDS from the environment.
     let activated = match assetd::systemd::take_listener() {
         Ok(listener) => listener,
@@ -354,6 +374,7 @@ impl std::io::Write for LossyStderr {
         }
         if notice.is_err() || err.write_all(line).is_err() {
             DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
+            assetd::metrics::DROPPED_LOG_LINES.fetch_add(1, Ordering::Relaxed);
         }
         Ok(line.len())
     }

@@ -109,34 +109,43 @@ impl Fetcher {
     pub async fn gc(&self, dry_run: bool) -> Result<GcReport, FetchError> {
         let keep = self.inner.flights.running();
         let policy = self.inner.evict_policy();
-        self.blocking(move |store| {
-            let lapsed_pins = if dry_run { 0 } else { store.sweep_lapsed()? };
-            let evicted = store.evict(&policy, &keep, dry_run)?;
-            Ok(GcReport {
-                evicted,
-                lapsed_pins,
+        let report = self
+            .blocking(move |store| {
+                let lapsed_pins = if dry_run { 0 } else { store.sweep_lapsed()? };
+                let evicted = store.evict(&policy, &keep, dry_run)?;
+                Ok(GcReport {
+                    evicted,
+                    lapsed_pins,
+                })
             })
-        })
-        .await
+            .await?;
+        if !dry_run {
+            let bytes = report.evicted.iter().map(|b| b.size).sum();
+            self.inner.metrics.evicted(report.evicted.len(), bytes);
+        }
+        Ok(report)
     }
 
     /// Re-hashes `digest`, or every asset; corrupt blobs go to quarantine.
     pub async fn verify(&self, digest: Option<Digest>) -> Result<VerifyReport, FetchError> {
-        self.blocking(move |store| {
-            let digests = match digest {
-                Some(d) => vec![d],
-                None => store.digests(),
-            };
-            let mut corrupt = Vec::new();
-            for digest in &digests {
-                corrupt.extend(store.verify(digest)?);
-            }
-            Ok(VerifyReport {
-                checked: digests.len(),
-                corrupt,
+        let report = self
+            .blocking(move |store| {
+                let digests = match digest {
+                    Some(d) => vec![d],
+                    None => store.digests(),
+                };
+                let mut corrupt = Vec::new();
+                for digest in &digests {
+                    corrupt.extend(store.verify(digest)?);
+                }
+                Ok(VerifyReport {
+                    checked: digests.len(),
+                    corrupt,
+                })
             })
-        })
-        .await
+            .await?;
+        self.inner.metrics.quarantined(report.corrupt.len());
+        Ok(report)
     }
 
     /// Writes last-use times noted since the last flush; returns how many.

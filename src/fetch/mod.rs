@@ -308,6 +308,7 @@ struct Inner {
     lifetime: Lifetime,
     /// Prewarm assets queued or running, per uid (non-admins only).
     prewarms: prewarm::Queued,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Fetches assets into the store and answers for it. Cheap to clone.
@@ -356,10 +357,16 @@ impl Fetcher {
             flights: Flights::default(),
             lifetime,
             prewarms: prewarm::Queued::default(),
+            metrics: Arc::default(),
         };
         Fetcher {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The daemon's metrics, which the fetch layer keeps.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.inner.metrics
     }
 
     /// Makes sure `want` is cached and waits for it.
@@ -374,6 +381,18 @@ impl Fetcher {
     /// lease), or takes a seat on the digest's transfer. Errors here change
     /// nothing on disk.
     pub async fn start(&self, want: Want) -> Result<Started, FetchError> {
+        let source = want.source_kind();
+        let started = self.start_once(want).await;
+        match &started {
+            Ok(Started::Hit(_)) => self.inner.metrics.fetch("hit", source),
+            Ok(Started::Waiting(_)) => {}
+            Err(e) => self.inner.note_failure(e, source),
+        }
+        started
+    }
+
+    /// [`Fetcher::start`], uncounted.
+    async fn start_once(&self, want: Want) -> Result<Started, FetchError> {
         for url in &want.urls {
             self.inner
                 .sources
@@ -427,14 +446,22 @@ impl Fetcher {
             limit,
         };
         let inner = &self.inner;
-        inner.flights.join_or_start(
+        let mut launched = false;
+        let joined = inner.flights.join_or_start(
             want.digest,
             terms,
             &want.urls,
             want.caller.into(),
             || inner.store.lookup(&want.digest),
-            |launch| transfer::spawn(self.inner.clone(), launch, want.caller),
-        )
+            |launch| {
+                launched = true;
+                transfer::spawn(self.inner.clone(), launch, want.caller)
+            },
+        );
+        if matches!(joined, Joined::Seat(_)) && !launched {
+            inner.metrics.joined();
+        }
+        joined
     }
 
     /// Judges `blob` against this caller's request and pins its lease:
@@ -519,7 +546,46 @@ impl Fetcher {
     }
 }
 
+impl Want {
+    /// The kind of its first URL, for metrics.
+    fn source_kind(&self) -> &'static str {
+        self.urls
+            .first()
+            .map_or("other", |u| crate::metrics::source_kind(u.url()))
+    }
+}
+
+/// Why a fetch was refused before any transfer, as a metrics label; `None`
+/// for a failure of the transfer or of the node.
+fn refusal_reason(err: &FetchError) -> Option<&'static str> {
+    match err {
+        FetchError::Source(SourceError::Denied { .. }) => Some("denied"),
+        FetchError::Source(SourceError::InvalidUrl { .. })
+        | FetchError::Source(SourceError::UnsupportedScheme { .. }) => Some("invalid"),
+        FetchError::RequestTooLarge { .. }
+        | FetchError::AssetTooLarge { .. }
+        | FetchError::DeclaredTooLarge { .. }
+        | FetchError::NeverFits { .. } => Some("too_large"),
+        FetchError::TooManyPrewarms { .. }
+        | FetchError::Store(StoreError::TooManyLeases { .. })
+        | FetchError::Store(StoreError::TooMuchLeased { .. }) => Some("per_user_cap"),
+        FetchError::Transfer(inner) => refusal_reason(inner),
+        _ => None,
+    }
+}
+
 impl Inner {
+    /// Counts a fetch call that failed: a refusal by its reason.
+    fn note_failure(&self, err: &FetchError, source: &'static str) {
+        match refusal_reason(err) {
+            Some(reason) => {
+                self.metrics.fetch("refused", source);
+                self.metrics.refusal(reason);
+            }
+            None => self.metrics.fetch("failed", source),
+        }
+    }
+
     /// The most bytes `want` may bring in: its own limit under the daemon's,
     /// and never more than the whole cache may hold (an asset of unknown
     /// size is cut off there rather than committed and evicted at once).
@@ -564,6 +630,19 @@ impl Waiting {
     /// Waits for the transfer's outcome, judged against this caller's own
     /// size and limit, with its lease pinned.
     pub async fn finish(self) -> Result<Fetched, FetchError> {
+        let (source, inner) = (self.want.source_kind(), self.fetcher.inner.clone());
+        let finished = self.finish_once().await;
+        match &finished {
+            Ok(f) => inner
+                .metrics
+                .fetch(if f.cache_hit { "hit" } else { "fetched" }, source),
+            Err(e) => inner.note_failure(e, source),
+        }
+        finished
+    }
+
+    /// [`Waiting::finish`], uncounted.
+    async fn finish_once(self) -> Result<Fetched, FetchError> {
         let mut waiting = self;
         for _ in 0..PIN_ROUNDS {
             let outcome = match waiting.state.wait_for(|s| s.outcome.is_some()).await {
@@ -590,7 +669,7 @@ impl Waiting {
                 return Ok(f);
             }
             // Evicted before the pin: this caller fetches again.
-            waiting = match fetcher.start(want).await? {
+            waiting = match fetcher.start_once(want).await? {
                 Started::Hit(fetched) => return Ok(fetched),
                 Started::Waiting(w) => w,
             };

@@ -229,6 +229,8 @@ fn the_example_config_shows_every_key_and_parses() {
             "root",
             "--gcs-emulator",
             "x:1",
+            "--metrics-listen",
+            "127.0.0.1:9464",
             "--print-config",
         ],
     );

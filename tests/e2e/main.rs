@@ -16,6 +16,7 @@ mod hostile_edge;
 mod hostile_store;
 mod leases;
 mod lifecycle;
+mod metrics;
 mod oracle;
 mod pipeline;
 mod policy;
