@@ -220,6 +220,8 @@ fn the_example_config_shows_every_key_and_parses() {
         .collect();
     assetd::config::Config::parse(&uncommented).expect("the example parses");
     let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, crate::common::TEST_CA_PEM).unwrap();
     let printed = assetd(
         dir.path(),
         &[
@@ -229,6 +231,8 @@ fn the_example_config_shows_every_key_and_parses() {
             "root",
             "--gcs-emulator",
             "x:1",
+            "--ca-file",
+            ca_file.to_str().unwrap(),
             "--print-config",
         ],
     );
