@@ -19,6 +19,7 @@ mod lifecycle;
 mod oracle;
 mod pipeline;
 mod policy;
+mod proxy_tls;
 mod seams;
 mod shutdown;
 mod systemd;

@@ -64,6 +64,11 @@ impl TestDaemon {
         TestDaemon::start_base(None, &[], args, &[])
     }
 
+    /// [`TestDaemon::start_strict`] with environment variables.
+    pub fn start_strict_with_env(args: &[&str], env: &[(&str, &str)]) -> TestDaemon {
+        TestDaemon::start_base(None, &[], args, env)
+    }
+
     fn start_full(root: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> TestDaemon {
         TestDaemon::start_base(root, &ALLOW_LOOPBACK, args, env)
     }
@@ -201,6 +206,11 @@ impl TestDaemon {
     /// Starts the daemon again after [`TestDaemon::kill9`] or [`TestDaemon::stop`].
     pub fn start_again(&mut self, args: &[&str]) {
         self.spawn(args);
+    }
+
+    /// The running daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// The daemon's peak resident memory so far, in bytes (VmHWM).
