@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::source::{FileRoot, SourcePolicy, SourceRule};
+use crate::source::{CaBundle, FileRoot, SourcePolicy, SourceRule};
 
 /// The default size limit: 8 GiB, above any kernel or rootfs image we serve
 /// and below what would fill an ordinary node's disk by mistake.
@@ -266,6 +266,13 @@ pub struct SourcesConfig {
     pub allow_source: Vec<SourceRule>,
     /// Sources refused whatever `allow_source` says.
     pub deny_source: Vec<SourceRule>,
+    /// A PEM bundle of private CAs (internal artifact servers, a private
+    /// GCS endpoint) trusted on top of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// `ca_file`'s certificates, read and checked once by
+    /// [`Config::validate`].
+    #[serde(skip)]
+    pub ca: CaBundle,
 }
 
 impl ServerConfig {
@@ -576,6 +583,15 @@ pub enum ConfigError {
         /// Why it cannot be used.
         source: std::io::Error,
     },
+    /// The `--ca-file` bundle cannot be read or holds no usable
+    /// certificate.
+    #[error("CA file {path} (--ca-file, sources.ca_file): {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A group setting names no group of this node.
     #[error("{key} {name:?}: {reason}")]
     Group {
@@ -740,6 +756,13 @@ impl Config {
                 .map(|p| canonical_dir(p))
                 .collect::<Result<_, _>>()?;
         }
+        self.sources.ca = match &self.sources.ca_file {
+            Some(path) => CaBundle::load(path).map_err(|reason| ConfigError::CaFile {
+                path: path.clone(),
+                reason,
+            })?,
+            None => CaBundle::default(),
+        };
         self.server.admin_gid = match &self.server.admin_group {
             Some(name) => Some(group_gid("admin group", name)?),
             None => None,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::fetch::{Fetcher, Lifetime};
 use crate::server::{self, Listener, ServerError};
-use crate::source::{SourceError, Sources};
+use crate::source::{Proxies, SourceError, Sources};
 use crate::store::{Store, StoreError};
 
 /// How long stopped tasks get to finish (a transfer removing its temp file,
@@ -100,11 +100,15 @@ pub async fn run(
 
 fn fetcher(store: Store, config: &Config, lifetime: Lifetime) -> Result<Fetcher, DaemonError> {
     let sources = &config.sources;
+    let proxies = Proxies::from_env().map_err(DaemonError::Sources)?;
+    let shown_proxies = format!("{proxies:?}");
     let sources = Sources::new(
         sources.file_roots(),
         sources.gcs_emulator.as_deref(),
         sources.gcs_anonymous,
         sources.policy(),
+        proxies,
+        &sources.ca,
     )
     .map_err(DaemonError::Sources)?;
     tracing::info!(
@@ -115,6 +119,10 @@ fn fetcher(store: Store, config: &Config, lifetime: Lifetime) -> Result<Fetcher,
         admin_group = config.server.admin_group.as_deref().unwrap_or("none"),
         gcs_emulator = config.sources.gcs_emulator.as_deref().unwrap_or("none"),
         source_policy = %config.sources.policy().describe(),
+        proxies = %shown_proxies,
+        ca_file = %config.sources.ca_file.as_ref().map_or("none".to_owned(), |p| {
+            format!("{} ({} certificates)", p.display(), config.sources.ca.len())
+        }),
         "store open"
     );
     Ok(Fetcher::new(

@@ -85,6 +85,10 @@ struct Args {
     /// host name, URL prefix or bucket
     #[arg(long = "deny-source", value_name = "RULE")]
     deny_source: Vec<SourceRule>,
+    /// A PEM bundle of private CAs to trust for https:// (and gs://) on top
+    /// of the system's roots
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// Transfers running at once; the rest wait in order [default: 8]
     #[arg(long)]
     max_transfers: Option<usize>,
@@ -215,6 +219,7 @@ impl Args {
         if !args.deny_source.is_empty() {
             config.sources.deny_source = args.deny_source;
         }
+        set(&mut config.sources.ca_file, args.ca_file.map(Some));
         let fetch = &mut config.fetch;
         set(&mut fetch.max_size, args.max_size);
         set(&mut fetch.max_transfers, args.max_transfers);
@@ -260,6 +265,11 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // First, before any thread or log: it may replace this process.
+    if let Err(e) = keep_metadata_off_proxies() {
+        report(&e);
+        return ExitCode::FAILURE;
+    }
     let args = Args::parse();
     let print_config = args.print_config;
     let config = args.config().map(|file| args.apply(file));
@@ -314,6 +324,40 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Makes sure no request to a cloud metadata server goes through a proxy,
+/// whatever client sends it: with `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`
+/// set and `NO_PROXY` not covering the metadata endpoints, the daemon
+/// starts itself again (same pid, arguments and inherited descriptors, so
+/// systemd's socket and notify socket carry over) with them added to
+/// `NO_PROXY` and `no_proxy`. Google's credentials library builds its own
+/// HTTP clients, which read those variables; the process's environment is
+/// the one setting they all share, and it can only be set safely before
+/// any thread starts, which an `exec` guarantees. Errors: the restart
+/// failed (then the daemon does not start).
+fn keep_metadata_off_proxies() -> Result<(), String> {
+    use std::os::unix::process::CommandExt as _;
+    let Some(no_proxy) = assetd::source::proxy::metadata_no_proxy(|name| std::env::var(name).ok())
+    else {
+        return Ok(());
+    };
+    let mut args = std::env::args_os();
+    let arg0 = args.next();
+    let exe = std::env::current_exe().map_err(|e| format!("finding its own binary: {e}"))?;
+    let mut command = std::process::Command::new(&exe);
+    if let Some(arg0) = arg0 {
+        command.arg0(arg0);
+    }
+    let err = command
+        .args(args)
+        .env("NO_PROXY", &no_proxy)
+        .env("no_proxy", &no_proxy)
+        .exec();
+    Err(format!(
+        "a proxy is set, and restarting {} with NO_PROXY={no_proxy} (so cloud metadata is never proxied) failed: {err}; add those entries to NO_PROXY",
+        exe.display()
+    ))
 }
 
 /// Installs the SIGINT and SIGTERM handlers now, before the socket is

@@ -27,6 +27,7 @@ use tokio_stream::{Stream, StreamExt as _};
 use url::Url;
 
 use super::policy::SourcePolicy;
+use super::tls::CaBundle;
 
 use super::{Access, ByteStream, OpenFuture, Opened, Resume, Source, SourceError};
 
@@ -78,6 +79,18 @@ impl GcsSource {
     /// `anonymous`, else with Application Default Credentials.
     /// Buckets are held to no rules until [`GcsSource::with_policy`].
     pub fn new(emulator: Option<&str>, anonymous: bool) -> Result<GcsSource, SourceError> {
+        GcsSource::trusting(emulator, anonymous, &CaBundle::default())
+    }
+
+    /// [`GcsSource::new`], trusting `ca` on top of the system's roots (an
+    /// emulator or private endpoint behind a private CA, or a proxy that
+    /// inspects TLS). Requests go through the environment's proxies, like
+    /// the HTTP source's.
+    pub fn trusting(
+        emulator: Option<&str>,
+        anonymous: bool,
+        ca: &CaBundle,
+    ) -> Result<GcsSource, SourceError> {
         let (endpoint, auth) = match emulator {
             Some(host) if host.contains("://") => (host.to_owned(), Auth::Anonymous),
             Some(host) => (format!("http://{host}"), Auth::Anonymous),
@@ -89,7 +102,7 @@ impl GcsSource {
             reason: format!("GCS emulator address: {e}"),
         })?;
         Ok(GcsSource {
-            client: super::http::client()?,
+            client: super::http::client(ca)?,
             policy: Arc::default(),
             endpoint,
             auth,

@@ -9,6 +9,8 @@ mod file;
 mod gcs;
 mod http;
 pub mod policy;
+pub mod proxy;
+pub mod tls;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -26,6 +28,8 @@ pub use file::{FileRoot, FileSource};
 pub use gcs::GcsSource;
 pub use http::HttpSource;
 pub use policy::{SourcePolicy, SourceRule};
+pub use proxy::Proxies;
+pub use tls::CaBundle;
 
 /// The longest URL a request may carry, in bytes. Real URLs, signed ones
 /// included, stay well under it; far longer ones are refused at the edge
@@ -251,9 +255,13 @@ impl SourceError {
     }
 
     /// A reqwest failure: retryable unless it is about the request itself
-    /// (a redirect loop, a malformed response).
+    /// (a redirect loop, a malformed response) or TLS refused the server's
+    /// certificate (that takes the operator or the server to change).
     pub fn reqwest(url: &Url, err: reqwest::Error) -> SourceError {
-        let retryable = !(err.is_redirect() || err.is_builder() || err.is_decode());
+        let retryable = !(err.is_redirect()
+            || err.is_builder()
+            || err.is_decode()
+            || tls::is_certificate_error(&err));
         // The error's own text names the URL in full: leave it out.
         SourceError::transport(url, &err.without_url(), retryable)
     }
@@ -379,16 +387,21 @@ impl Sources {
     /// `gcs_anonymous`) and `file` (only inside `file_roots`, see
     /// [`FileSource`]). `policy`
     /// holds the URLs callers send over `http(s)` and the buckets of `gs://`.
+    /// `http(s)` and `gs://` go through `proxies` where they say (reqwest
+    /// reads the same variables) and trust `ca` on top of the system's roots.
     pub fn new(
         file_roots: Vec<FileRoot>,
         gcs_emulator: Option<&str>,
         gcs_anonymous: bool,
         policy: SourcePolicy,
+        proxies: Proxies,
+        ca: &CaBundle,
     ) -> Result<Sources, SourceError> {
         let policy = Arc::new(policy);
-        let http: Arc<dyn Source> = Arc::new(HttpSource::new(policy.clone())?);
-        let gcs: Arc<dyn Source> =
-            Arc::new(GcsSource::new(gcs_emulator, gcs_anonymous)?.with_policy(policy));
+        let http: Arc<dyn Source> =
+            Arc::new(HttpSource::new(policy.clone(), Arc::new(proxies), ca)?);
+        let gcs = GcsSource::trusting(gcs_emulator, gcs_anonymous, ca)?;
+        let gcs: Arc<dyn Source> = Arc::new(gcs.with_policy(policy));
         let file: Arc<dyn Source> = Arc::new(FileSource::new(file_roots));
         let by_scheme = HashMap::from([
             ("http", http.clone()),
@@ -422,7 +435,15 @@ mod tests {
 
     #[test]
     fn resolve_refuses_malformed_urls_and_unknown_schemes() {
-        let sources = Sources::new(Vec::new(), None, true, SourcePolicy::default()).unwrap();
+        let sources = Sources::new(
+            Vec::new(),
+            None,
+            true,
+            SourcePolicy::default(),
+            Proxies::default(),
+            &CaBundle::default(),
+        )
+        .unwrap();
         let err = SourceUrl::parse("not a url").err().unwrap();
         assert!(matches!(err, SourceError::InvalidUrl { .. }), "{err}");
         assert!(err.to_string().contains("\"not a url\""), "{err}");

@@ -13,7 +13,9 @@
 //! (before the request and at every redirect hop) and to every address its
 //! resolver returns, so the address connected to is the one checked. This
 //! module must not resolve or connect. Endpoints the operator configured
-//! (a GCS endpoint or emulator, a proxy) are not subject to it.
+//! (a GCS endpoint or emulator, a proxy) are not subject to it; a URL that
+//! goes through a proxy is checked at the URL level only (the proxy
+//! resolves its name), see [`SourcePolicy::check_proxied`].
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -390,6 +392,37 @@ impl SourcePolicy {
         })
     }
 
+    /// Checks an `http(s)` URL that goes through a proxy, after
+    /// [`SourcePolicy::check_url`]: the proxy resolves its host name, so no
+    /// address is checked here, but the names that always mean this host
+    /// (`localhost`, `*.localhost`, RFC 6761) are held to the loopback
+    /// refusal, which an allow rule for the name, its URL prefix or
+    /// `127.0.0.1` lifts: a proxy on the node would otherwise reach its
+    /// loopback services for any caller.
+    pub fn check_proxied(&self, url: &Url) -> Result<(), Refused> {
+        let Some(Host::Domain(name)) = url.host() else {
+            return Ok(());
+        };
+        let name = normal_name(name);
+        if name != "localhost" && !name.ends_with(".localhost") {
+            return Ok(());
+        }
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        if let Some(rule) = self.deny.iter().find(|r| r.matches_ip(lo)) {
+            return Err(denied_by(rule));
+        }
+        if self
+            .allow
+            .iter()
+            .any(|r| r.matches_url(url, false) || r.matches_ip(lo))
+        {
+            return Ok(());
+        }
+        refused_by_default(lo).map_or(Ok(()), |class| {
+            Err(default_refusal(&format!("{name} is"), class))
+        })
+    }
+
     /// Whether `url` is under an allow rule's URL prefix, so that its host
     /// name's addresses are allowed (see [`SourcePolicy::check_resolved`]).
     pub fn allowed_by_prefix(&self, url: &Url) -> bool {
@@ -401,12 +434,6 @@ impl SourcePolicy {
     /// Whether any allow rule is a URL prefix on a host name.
     pub fn has_name_prefixes(&self) -> bool {
         self.allow.iter().any(|r| r.prefix_name().is_some())
-    }
-
-    /// Whether `name` is the host of an allow rule's URL prefix.
-    pub fn is_prefix_name(&self, name: &str) -> bool {
-        let name = normal_name(name);
-        self.allow.iter().any(|r| r.prefix_name() == Some(&name))
     }
 
     /// Checks one address `name` resolved to: deny rules, then the default
@@ -681,7 +708,7 @@ mod tests {
         let p = policy(&["http://localhost:8000/"], &[]);
         assert!(p.check_resolved("localhost", lo, false).is_err());
         assert!(p.check_resolved("localhost", lo, true).is_ok());
-        assert!(p.is_prefix_name("localhost") && p.has_name_prefixes());
+        assert!(p.has_name_prefixes());
         assert!(p.allowed_by_prefix(&Url::parse("http://localhost:8000/x").unwrap()));
         assert!(!p.allowed_by_prefix(&Url::parse("http://localhost:8001/x").unwrap()));
         let p = policy(&["localhost"], &["127.0.0.0/8"]);
@@ -689,6 +716,48 @@ mod tests {
         assert!(
             reason.ends_with("denied by --deny-source 127.0.0.0/8"),
             "{reason}"
+        );
+    }
+
+    #[test]
+    fn through_a_proxy_localhost_names_are_loopback() {
+        let p = SourcePolicy::default();
+        for url in [
+            "http://localhost:22/x",
+            "https://LOCALHOST./x",
+            "http://a.b.localhost/x",
+        ] {
+            let reason = p
+                .check_proxied(&Url::parse(url).unwrap())
+                .unwrap_err()
+                .reason;
+            assert!(
+                reason.ends_with(
+                    "is a loopback address, refused by default; allow it with --allow-source 127.0.0.0/8"
+                ),
+                "{url}: {reason}"
+            );
+        }
+        let ok = |p: &SourcePolicy, url: &str| p.check_proxied(&Url::parse(url).unwrap());
+        assert!(ok(&p, "http://notlocalhost/x").is_ok());
+        assert!(ok(&p, "http://example.com/x").is_ok());
+        for allow in ["127.0.0.0/8", "localhost", "http://localhost:8080/ok/"] {
+            let p = policy(&[allow], &[]);
+            assert!(ok(&p, "http://localhost:8080/ok/a").is_ok(), "{allow}");
+        }
+        assert!(
+            ok(
+                &policy(&["http://localhost:8080/ok/"], &[]),
+                "http://localhost:8080/no"
+            )
+            .is_err()
+        );
+        let p = policy(&["localhost"], &["127.0.0.1"]);
+        assert!(
+            ok(&p, "http://localhost/")
+                .unwrap_err()
+                .reason
+                .contains("--deny-source")
         );
     }
 

@@ -220,6 +220,8 @@ fn the_example_config_shows_every_key_and_parses() {
         .collect();
     assetd::config::Config::parse(&uncommented).expect("the example parses");
     let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, crate::common::TEST_CA_PEM).unwrap();
     let printed = assetd(
         dir.path(),
         &[
@@ -231,6 +233,8 @@ fn the_example_config_shows_every_key_and_parses() {
             "x:1",
             "--metrics-listen",
             "127.0.0.1:9464",
+            "--ca-file",
+            ca_file.to_str().unwrap(),
             "--print-config",
         ],
     );

@@ -20,6 +20,7 @@ mod metrics;
 mod oracle;
 mod pipeline;
 mod policy;
+mod proxy_tls;
 mod seams;
 mod shutdown;
 mod systemd;
