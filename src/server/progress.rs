@@ -101,7 +101,7 @@ pub(super) fn prewarm_events(
                 PrewarmKind::Failed(error) => {
                     let status = fetch_status(&error, &caller);
                     prewarm_event::Event::Failed(proto::Failure {
-                        code: format!("{:?}", status.code()),
+                        code: code_name(status.code()).to_owned(),
                         message: status.message().to_owned(),
                     })
                 }
@@ -118,4 +118,28 @@ pub(super) fn prewarm_events(
         }
     });
     Box::pin(ReceiverStream::new(rx))
+}
+
+/// The canonical name of `code` (`NOT_FOUND`), as the proto promises.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
 }

@@ -437,6 +437,7 @@ async fn assetctl_prewarm_json_prints_one_object_per_asset() {
         let failed = &objects[1];
         assert_eq!(failed["digest"], WRONG_DIGEST);
         assert_eq!(failed["status"], "failed");
+        assert_eq!(failed["code"], "NOT_FOUND", "the canonical name: {failed}");
         assert!(
             failed["message"].as_str().unwrap().contains("404"),
             "{failed}"
