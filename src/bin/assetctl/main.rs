@@ -35,6 +35,21 @@ It asks the assetd daemon on this node, over its unix socket, to fetch \
 sha256-addressed assets into the cache (printing their paths), and lists, \
 shows, pins and removes cached ones. The daemon itself is `assetd`.";
 
+/// The daemon's socket when none is named: this user's own daemon's, if
+/// one runs, else the node's system daemon's (as the systemd units make it).
+fn default_socket() -> PathBuf {
+    let own = assetd::config::default_paths().1;
+    let system = Path::new(SYSTEM_SOCKET);
+    if own.exists() || !system.exists() {
+        own
+    } else {
+        system.to_owned()
+    }
+}
+
+/// Where the node's daemon listens (root's default, and the unit's).
+const SYSTEM_SOCKET: &str = "/run/assetd/assetd.sock";
+
 /// The client of the local assetd daemon.
 #[derive(Parser, Debug)]
 #[command(
@@ -45,7 +60,8 @@ shows, pins and removes cached ones. The daemon itself is `assetd`.";
     after_help = EXIT_CODES
 )]
 struct Cli {
-    /// The daemon's socket [default: the daemon's default]
+    /// The daemon's socket [default: this user's own daemon's if it runs, else
+    /// /run/assetd/assetd.sock]
     #[arg(long, global = true, env = "ASSETD_SOCKET")]
     socket: Option<PathBuf>,
     /// Print JSON instead of text
@@ -174,9 +190,7 @@ async fn run(cli: Cli) -> ExitCode {
         },
         _ => None,
     };
-    let socket = cli
-        .socket
-        .unwrap_or_else(|| assetd::config::default_paths().1);
+    let socket = cli.socket.unwrap_or_else(default_socket);
     let mut client = match connect(&socket).await {
         Ok(c) => c,
         Err(e) => return fail(e.exit_code(), &e.to_string()),
