@@ -23,11 +23,16 @@
 //!   the caller's role, errors mapped to statuses once.
 //! - [`daemon`]: wires them together; `run(listener, config, shutdown)`.
 //! - [`proto`]: the generated `assetd.v1` messages, server and client.
+//!
+//! `fuzzing` (hidden) gives the fuzz targets in `fuzz/` the parsers that
+//! are private to their modules.
 
 pub mod config;
 pub mod daemon;
 pub mod digest;
 pub mod fetch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod server;
 pub mod source;
 pub mod store;

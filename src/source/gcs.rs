@@ -57,10 +57,10 @@ pub struct GcsSource {
 
 /// One object, as named by a `gs://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ObjectRef {
-    bucket: String,
-    name: String,
-    generation: Option<u64>,
+pub(crate) struct ObjectRef {
+    pub(crate) bucket: String,
+    pub(crate) name: String,
+    pub(crate) generation: Option<u64>,
 }
 
 /// The parts of the JSON API's object resource assetd uses. GCS sends
@@ -291,7 +291,7 @@ impl GcsSource {
 
     /// `{endpoint}/storage/v1/b/{bucket}/o/{object}?generation=G&query...`;
     /// the object name is one path segment, its slashes percent-encoded.
-    fn media_url(
+    pub(crate) fn media_url(
         &self,
         object: &ObjectRef,
         generation: Option<u64>,
@@ -327,7 +327,7 @@ impl Source for GcsSource {
 }
 
 impl ObjectRef {
-    fn parse(url: &Url) -> Result<ObjectRef, SourceError> {
+    pub(crate) fn parse(url: &Url) -> Result<ObjectRef, SourceError> {
         let invalid = |reason: String| SourceError::InvalidUrl {
             url: url.to_string(),
             reason,

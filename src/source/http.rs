@@ -142,31 +142,39 @@ fn content_range_total(
         .get(header::CONTENT_RANGE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let bad = || SourceError::BadRange {
+    parse_content_range(range, offset).ok_or_else(|| SourceError::BadRange {
         url: super::redacted(url),
         offset,
         got: format!("Content-Range {range:?}"),
-    };
-    let (span, total) = range
-        .strip_prefix("bytes ")
-        .and_then(|r| r.split_once('/'))
-        .ok_or_else(bad)?;
+    })
+}
+
+/// The total size in a `Content-Range` value `bytes START-END/TOTAL` whose
+/// START is `offset`: `Some(None)` for a `*` total, `None` for a value that
+/// does not parse or starts elsewhere.
+pub(crate) fn parse_content_range(range: &str, offset: u64) -> Option<Option<u64>> {
+    let (span, total) = range.strip_prefix("bytes ")?.split_once('/')?;
     let start = span
         .split_once('-')
         .and_then(|(s, _)| s.parse::<u64>().ok());
     if start != Some(offset) {
-        return Err(bad());
+        return None;
     }
     match total {
-        "*" => Ok(None),
-        t => t.parse().map(Some).map_err(|_| bad()),
+        "*" => Some(None),
+        t => t.parse().ok().map(Some),
     }
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare for 429/503 and is
 /// left to the backoff).
 pub(super) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    let value = response.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(response.headers().get(header::RETRY_AFTER)?.to_str().ok()?)
+}
+
+/// A `Retry-After` value in seconds; `None` for the HTTP-date form or
+/// anything else.
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
     value.trim().parse().ok().map(Duration::from_secs)
 }
 
