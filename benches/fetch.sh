@@ -280,9 +280,9 @@ for ((i = 1; i <= RUNS; i++)); do
   BIG_HWM=$(calc %.1f "($hwm > $BIG_HWM) ? $hwm : $BIG_HWM")
   line=$(grep -m1 ' fetch ' "$T/assetd.$i.log" || true)
   dsecs=$(grep -o ' secs=[0-9.]*' <<<"$line" | cut -d= -f2 || true)
-  dmbs=$(grep -o 'mb_per_s=[0-9.]*' <<<"$line" | cut -d= -f2 || true)
+  dmbs=$(grep -o 'mib_per_s=[0-9.]*' <<<"$line" | cut -d= -f2 || true)
   wall=${TIMES[assetd]% }; wall=${wall##* }
-  HINTS+=("- run $i: assetctl wall ${wall} s; daemon log secs=${dsecs:-?} (mb_per_s=${dmbs:-?}); daemon CPU user $(calc %.2f "($u1 - $u0) / $TCK") s + sys $(calc %.2f "($s1 - $s0) / $TCK") s; VmHWM ${hwm0} MiB at start, ${hwm} MiB after")
+  HINTS+=("- run $i: assetctl wall ${wall} s; daemon log secs=${dsecs:-?} (mib_per_s=${dmbs:-?}); daemon CPU user $(calc %.2f "($u1 - $u0) / $TCK") s + sys $(calc %.2f "($s1 - $s0) / $TCK") s; VmHWM ${hwm0} MiB at start, ${hwm} MiB after")
   if ((i == 1)); then
     path=$(<"$T/out/path"); path=${path%%[[:space:]]*}
     [[ -f $path ]] || die "assetctl printed '$path', which is not a file"
@@ -305,9 +305,9 @@ for ((i = 1; i <= RUNS; i++)); do
   read -r g1 h1 < <(cpu_ticks "$GCS_PID")
   line=$(grep -m1 ' fetch ' "$T/assetd.gs.$i.log" || true)
   dsecs=$(grep -o ' secs=[0-9.]*' <<<"$line" | cut -d= -f2 || true)
-  dmbs=$(grep -o 'mb_per_s=[0-9.]*' <<<"$line" | cut -d= -f2 || true)
+  dmbs=$(grep -o 'mib_per_s=[0-9.]*' <<<"$line" | cut -d= -f2 || true)
   wall=${TIMES[gs_assetd]% }; wall=${wall##* }
-  hint="- run $i: assetctl wall ${wall} s; daemon log secs=${dsecs:-?} (mb_per_s=${dmbs:-?}); daemon CPU user $(calc %.2f "($u1 - $u0) / $TCK") s + sys $(calc %.2f "($s1 - $s0) / $TCK") s; emulator CPU user $(calc %.2f "($g1 - $g0) / $TCK") s + sys $(calc %.2f "($h1 - $h0) / $TCK") s"
+  hint="- run $i: assetctl wall ${wall} s; daemon log secs=${dsecs:-?} (mib_per_s=${dmbs:-?}); daemon CPU user $(calc %.2f "($u1 - $u0) / $TCK") s + sys $(calc %.2f "($s1 - $s0) / $TCK") s; emulator CPU user $(calc %.2f "($g1 - $g0) / $TCK") s + sys $(calc %.2f "($h1 - $h0) / $TCK") s"
   if ((i == 1)); then
     path=$(<"$T/out/path"); path=${path%%[[:space:]]*}
     [[ -f $path ]] || die "assetctl printed '$path', which is not a file"

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::source::{FileRoot, SourcePolicy, SourceRule};
+use crate::source::{CaBundle, FileRoot, SourcePolicy, SourceRule};
 
 /// The default size limit: 8 GiB, above any kernel or rootfs image we serve
 /// and below what would fill an ordinary node's disk by mistake.
@@ -28,10 +28,11 @@ pub const DEFAULT_MAX_PER_HOST: usize = 4;
 /// Transfers at once that one user started: half the overall slots, so
 /// others always find some.
 pub const DEFAULT_MAX_PER_UID: usize = 4;
-/// Open connections one user may have: far more than a runtime needs (one
+/// Open connections one user may have: more than a runtime needs (one
 /// channel multiplexes every call), few enough that one user can't take the
-/// daemon's file descriptors.
-pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 64;
+/// daemon's file descriptors, nor make it buffer much (each connection
+/// carries at most 64 calls of at most 256 KiB requests).
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 16;
 /// Time a client has to send the HTTP/2 preface: ample for any client on
 /// the same node, short enough that silent connections don't pile up.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,9 +69,19 @@ pub const DEFAULT_MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Lease pins one user (not an admin) may hold at once: far more than a
 /// node's sandboxes use, few enough that one user can't pin the cache.
 pub const DEFAULT_MAX_LEASES_PER_UID: usize = 1024;
+/// Share of the store's file system one user's (not an admin's) leases may
+/// hold: leased assets can't be evicted, so without it one user could pin
+/// the cache full.
+pub const DEFAULT_MAX_LEASED_PERCENT_PER_UID: u8 = 25;
 /// Prewarm assets one user (not an admin) may have queued or running at
 /// once: a node baseline fits, a flood of batches doesn't.
 pub const DEFAULT_MAX_PREWARM_PER_UID: usize = 256;
+
+/// The config file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/assetd/assetd.toml";
+/// Owner and group may connect to the socket; others may not. Group
+/// membership is how an operator grants a runtime access without root.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -95,8 +106,16 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// The unix socket the API is served on.
+    /// The unix socket the API is served on (unless systemd passes one).
     pub socket: PathBuf,
+    /// The permissions of a socket the daemon creates.
+    pub socket_mode: SocketMode,
+    /// The group of a socket the daemon creates (its members may connect
+    /// under the default mode); none keeps the daemon's group.
+    pub socket_group: Option<String>,
+    /// `socket_group`'s gid, resolved once by [`Config::validate`].
+    #[serde(skip)]
+    pub socket_gid: Option<u32>,
     /// Open connections one user may have (root and the daemon's user
     /// exempt); more are closed at once.
     pub max_connections_per_uid: usize,
@@ -112,6 +131,56 @@ pub struct ServerConfig {
     /// `admin_group`'s gid, resolved once by [`Config::validate`].
     #[serde(skip)]
     pub admin_gid: Option<u32>,
+    /// Users who are admins too (besides root and the daemon's user), by
+    /// uid.
+    pub admin_uids: Vec<u32>,
+    /// Where Prometheus metrics are served: a loopback `address:port`, or
+    /// a unix socket path (`/run/assetd/metrics.sock`); none for no metrics.
+    pub metrics_listen: Option<String>,
+    /// The log's format.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per event.
+    #[default]
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// Where metrics are served, checked: never a network address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// A loopback address and port.
+    Tcp(std::net::SocketAddr),
+    /// A unix socket.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for MetricsListen {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<MetricsListen, ConfigError> {
+        let bad = |reason: &str| ConfigError::MetricsListen {
+            value: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if s.starts_with('/') {
+            return Ok(MetricsListen::Unix(PathBuf::from(s)));
+        }
+        let addr: std::net::SocketAddr = s.parse().map_err(|_| {
+            bad("want a loopback ADDRESS:PORT (127.0.0.1:9464) or an absolute socket path")
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(bad(
+                "metrics are served on loopback or a unix socket only (a scraper on the node, or a proxy in front)",
+            ));
+        }
+        Ok(MetricsListen::Tcp(addr))
+    }
 }
 
 /// The on-disk store.
@@ -140,6 +209,9 @@ pub struct CacheConfig {
     pub max_lease_ttl: Seconds,
     /// Lease pins one user may hold (admins exempt); more are refused.
     pub max_leases_per_uid: usize,
+    /// Bytes of assets one user's leases may hold (admins exempt): a size,
+    /// or a share of the store's file system; 0 for no cap.
+    pub max_leased_bytes_per_uid: MinFree,
 }
 
 /// Transfers: limits, retries, slots.
@@ -194,6 +266,21 @@ pub struct SourcesConfig {
     pub allow_source: Vec<SourceRule>,
     /// Sources refused whatever `allow_source` says.
     pub deny_source: Vec<SourceRule>,
+    /// A PEM bundle of private CAs (internal artifact servers, a private
+    /// GCS endpoint) trusted on top of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// `ca_file`'s certificates, read and checked once by
+    /// [`Config::validate`].
+    #[serde(skip)]
+    pub ca: CaBundle,
+}
+
+impl ServerConfig {
+    /// Where metrics are served, if anywhere; checked by
+    /// [`Config::validate`].
+    pub fn metrics_listen(&self) -> Option<MetricsListen> {
+        self.metrics_listen.as_deref().and_then(|l| l.parse().ok())
+    }
 }
 
 impl SourcesConfig {
@@ -237,11 +324,17 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             socket: default_paths().1,
+            socket_mode: SocketMode(DEFAULT_SOCKET_MODE),
+            socket_group: None,
+            socket_gid: None,
             max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
             handshake_timeout: Seconds(DEFAULT_HANDSHAKE_TIMEOUT),
             idle_timeout: Seconds(DEFAULT_IDLE_TIMEOUT),
             admin_group: None,
             admin_gid: None,
+            admin_uids: Vec::new(),
+            metrics_listen: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -263,6 +356,7 @@ impl Default for CacheConfig {
             unleased_grace: Seconds(DEFAULT_UNLEASED_GRACE),
             max_lease_ttl: Seconds(DEFAULT_MAX_LEASE_TTL),
             max_leases_per_uid: DEFAULT_MAX_LEASES_PER_UID,
+            max_leased_bytes_per_uid: MinFree::Percent(DEFAULT_MAX_LEASED_PERCENT_PER_UID),
         }
     }
 }
@@ -304,6 +398,46 @@ pub struct ByteSize(pub u64);
 /// number of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Seconds(pub Duration);
+
+/// Permission bits of a unix socket, written in octal (`"0660"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketMode(pub u32);
+
+impl std::str::FromStr for SocketMode {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<SocketMode, ConfigError> {
+        let bad = || ConfigError::BadMode {
+            value: s.to_owned(),
+        };
+        let digits = s.strip_prefix("0o").unwrap_or(s);
+        let mode = u32::from_str_radix(digits, 8).map_err(|_| bad())?;
+        if mode > 0o777 || digits.is_empty() {
+            return Err(bad());
+        }
+        Ok(SocketMode(mode))
+    }
+}
+
+impl fmt::Display for SocketMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl Serialize for SocketMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SocketMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SocketMode, D::Error> {
+        // Octal text only: a TOML integer 660 would silently mean 0o1224.
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
 
 /// Free space to keep: bytes, or a share of the file system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -353,15 +487,22 @@ impl fmt::Display for ByteSize {
 impl fmt::Display for Seconds {
     /// Exact, so that it parses back to the same duration.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (secs, nanos) = (self.0.as_secs(), self.0.subsec_nanos());
-        if nanos == 0 {
-            write!(f, "{secs}s")
-        } else if nanos.is_multiple_of(1_000_000) {
-            write!(f, "{}ms", self.0.as_millis())
-        } else {
+        let (ms, nanos) = (self.0.as_millis(), self.0.subsec_nanos());
+        if !nanos.is_multiple_of(1_000_000) {
             let fraction = format!("{nanos:09}");
-            write!(f, "{secs}.{}s", fraction.trim_end_matches('0'))
+            return write!(
+                f,
+                "{}.{}s",
+                self.0.as_secs(),
+                fraction.trim_end_matches('0')
+            );
         }
+        for (per, unit) in [(3_600_000, "h"), (60_000, "m"), (1000, "s")] {
+            if ms != 0 && ms.is_multiple_of(per) {
+                return write!(f, "{}{unit}", ms / per);
+            }
+        }
+        write!(f, "{ms}ms")
     }
 }
 
@@ -452,13 +593,55 @@ pub enum ConfigError {
         /// Why it cannot be used.
         source: std::io::Error,
     },
-    /// `--admin-group` names no group of this node.
-    #[error("admin group {name:?}: {reason}")]
-    AdminGroup {
+    /// The `--ca-file` bundle cannot be read or holds no usable
+    /// certificate.
+    #[error("CA file {path} (--ca-file, sources.ca_file): {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A group setting names no group of this node.
+    #[error("{key} {name:?}: {reason}")]
+    Group {
+        /// The setting.
+        key: &'static str,
         /// The group as given.
         name: String,
         /// Why it cannot be used.
         reason: String,
+    },
+    /// The config file cannot be read.
+    #[error("config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file does not parse, or holds an unknown key or a bad
+    /// value: toml's message names the key and shows the line.
+    #[error("config file {path}: {message}")]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
+    /// A metrics address that is not loopback or a socket path.
+    #[error("metrics listen {value:?}: {reason}")]
+    MetricsListen {
+        /// The value as given.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Socket permissions that are not octal mode bits.
+    #[error("malformed socket mode {value:?}: want octal permission bits such as 0660")]
+    BadMode {
+        /// The value as given.
+        value: String,
     },
     /// A path that cannot be made absolute.
     #[error("{path}: {source}")]
@@ -486,7 +669,7 @@ pub enum ConfigError {
         what: &'static str,
     },
     /// A duration that does not parse.
-    #[error("malformed duration {value:?}: want a number with ms, s or m (500ms, 30s, 2m)")]
+    #[error("malformed duration {value:?}: want a number with ms, s, m or h (500ms, 30s, 2m, 1h)")]
     BadDuration {
         /// The value as given.
         value: String,
@@ -583,11 +766,49 @@ impl Config {
                 .map(|p| canonical_dir(p))
                 .collect::<Result<_, _>>()?;
         }
+        self.sources.ca = match &self.sources.ca_file {
+            Some(path) => CaBundle::load(path).map_err(|reason| ConfigError::CaFile {
+                path: path.clone(),
+                reason,
+            })?,
+            None => CaBundle::default(),
+        };
         self.server.admin_gid = match &self.server.admin_group {
-            Some(name) => Some(group_gid(name)?),
+            Some(name) => Some(group_gid("admin group", name)?),
+            None => None,
+        };
+        if let Some(listen) = &self.server.metrics_listen {
+            listen.parse::<MetricsListen>()?;
+        }
+        self.server.socket_gid = match &self.server.socket_group {
+            Some(name) => Some(group_gid("socket group", name)?),
             None => None,
         };
         Ok(self)
+    }
+
+    /// The configuration in the TOML file at `path`, over the defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::ParseFile {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// The configuration in TOML `text`, over the defaults; a failure's
+    /// message names the key and shows its line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// The configuration as TOML, every key given (what `--print-config`
+    /// prints, and [`Config::parse`] reads back).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }
 }
 
@@ -598,9 +819,10 @@ fn absolute(path: &Path) -> Result<PathBuf, ConfigError> {
     })
 }
 
-/// The gid of the group `name`, which must exist.
-fn group_gid(name: &str) -> Result<u32, ConfigError> {
-    let fail = |reason: String| ConfigError::AdminGroup {
+/// The gid of the group `name` (for the setting `key`), which must exist.
+fn group_gid(key: &'static str, name: &str) -> Result<u32, ConfigError> {
+    let fail = |reason: String| ConfigError::Group {
+        key,
         name: name.to_owned(),
         reason,
     };
@@ -645,7 +867,7 @@ pub fn parse_size(value: &str) -> Result<u64, ConfigError> {
     n.checked_mul(1 << shift).ok_or_else(bad)
 }
 
-/// Parses a duration such as `30s`, `500ms`, `1.5s` or `2m` (a bare
+/// Parses a duration such as `30s`, `500ms`, `1.5s`, `2m` or `1h` (a bare
 /// number is seconds), exactly to the nanosecond: a float would round (and
 /// [`Seconds`] could not print back what was read).
 pub fn parse_duration(value: &str) -> Result<Duration, ConfigError> {
@@ -661,6 +883,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, ConfigError> {
         "ms" => 1_000_000,
         "" | "s" => 1_000_000_000,
         "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
         _ => return Err(bad()),
     };
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
@@ -726,14 +949,52 @@ mod tests {
     }
 
     #[test]
+    fn durations_print_in_the_largest_whole_unit_and_read_back() {
+        for (secs, text) in [
+            (0.0, "0ms"),
+            (0.5, "500ms"),
+            (30.0, "30s"),
+            (300.0, "5m"),
+            (86400.0, "24h"),
+        ] {
+            let d = Seconds(Duration::from_secs_f64(secs));
+            assert_eq!(d.to_string(), text);
+            assert_eq!(text.parse::<Seconds>().unwrap(), d);
+        }
+    }
+
+    #[test]
+    fn a_config_file_round_trips_and_names_what_is_wrong() {
+        let mut config = Config::default();
+        config.server.admin_uids = vec![1000];
+        config.server.socket_mode = SocketMode(0o600);
+        config.fetch.attempt_timeout = Seconds(Duration::from_secs(7200));
+        config.sources.allow_source = vec!["127.0.0.0/8".parse().unwrap()];
+        assert_eq!(Config::parse(&config.to_toml()).unwrap(), config);
+        // Keys left out keep their defaults.
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+
+        let typo = Config::parse("[fetch]\nmax_transfer = 3\n").unwrap_err();
+        assert!(
+            typo.contains("line 2") && typo.contains("max_transfer"),
+            "{typo}"
+        );
+        let bad = Config::parse("[cache]\n\nmin_free = \"lots\"\n").unwrap_err();
+        assert!(bad.contains("line 3") && bad.contains("\"lots\""), "{bad}");
+        let octal = Config::parse("[server]\nsocket_mode = 660\n").unwrap_err();
+        assert!(octal.contains("socket_mode"), "{octal}");
+    }
+
+    #[test]
     fn parse_duration_accepts_units_and_refuses_garbage() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3h").unwrap(), Duration::from_secs(3 * 3600));
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("0.1m").unwrap(), Duration::from_secs(6));
         assert_eq!(parse_duration(".5").unwrap(), Duration::from_millis(500));
-        for bad in ["", "s", "-1s", "3h", "1e400", "x", ".", "1.2.3s", "1..2s"] {
+        for bad in ["", "s", "-1s", "3d", "1e400", "x", ".", "1.2.3s", "1..2s"] {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
@@ -848,6 +1109,7 @@ max_size = \"lots\"
             "0.000000001s",
             "1.5ms",
             "0.1m",
+            "1.5h",
             "18446744073709551615s",
             "18446744073709551615.999999999s",
         ] {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::fetch::{Fetcher, Lifetime};
 use crate::server::{self, Listener, ServerError};
-use crate::source::{SourceError, Sources};
+use crate::source::{Proxies, SourceError, Sources};
 use crate::store::{Store, StoreError};
 
 /// How long stopped tasks get to finish (a transfer removing its temp file,
@@ -28,6 +28,14 @@ pub enum DaemonError {
     /// The sources could not be set up.
     #[error("setting up sources: {0}")]
     Sources(#[source] SourceError),
+    /// The metrics endpoint could not be bound.
+    #[error("metrics listen {listen}: {source}")]
+    Metrics {
+        /// The address or path.
+        listen: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The server could not start or failed.
     #[error(transparent)]
     Server(ServerError),
@@ -55,8 +63,27 @@ pub async fn run(
         })?
         .map_err(DaemonError::Store)?;
     let fetcher = fetcher(store, &config, lifetime.clone())?;
+    if let Some(listen) = config.server.metrics_listen() {
+        let endpoint =
+            crate::metrics::bind(&listen)
+                .await
+                .map_err(|source| DaemonError::Metrics {
+                    listen: config.server.metrics_listen.clone().unwrap_or_default(),
+                    source,
+                })?;
+        tracing::info!(listen = %endpoint, "serving metrics");
+        lifetime.tracker.spawn(crate::metrics::serve(
+            endpoint,
+            fetcher.clone(),
+            lifetime.token.clone(),
+        ));
+    }
     let upkeep = fetcher.clone();
     lifetime.tracker.spawn(async move { upkeep.upkeep().await });
+    lifetime.tracker.spawn(crate::systemd::report(
+        fetcher.clone(),
+        lifetime.token.clone(),
+    ));
     let served = server::serve(fetcher.clone(), listener, &config.server, shutdown).await;
     lifetime.token.cancel();
     lifetime.tracker.close();
@@ -73,11 +100,15 @@ pub async fn run(
 
 fn fetcher(store: Store, config: &Config, lifetime: Lifetime) -> Result<Fetcher, DaemonError> {
     let sources = &config.sources;
+    let proxies = Proxies::from_env().map_err(DaemonError::Sources)?;
+    let shown_proxies = format!("{proxies:?}");
     let sources = Sources::new(
         sources.file_roots(),
         sources.gcs_emulator.as_deref(),
         sources.gcs_anonymous,
         sources.policy(),
+        proxies,
+        &sources.ca,
     )
     .map_err(DaemonError::Sources)?;
     tracing::info!(
@@ -88,6 +119,10 @@ fn fetcher(store: Store, config: &Config, lifetime: Lifetime) -> Result<Fetcher,
         admin_group = config.server.admin_group.as_deref().unwrap_or("none"),
         gcs_emulator = config.sources.gcs_emulator.as_deref().unwrap_or("none"),
         source_policy = %config.sources.policy().describe(),
+        proxies = %shown_proxies,
+        ca_file = %config.sources.ca_file.as_ref().map_or("none".to_owned(), |p| {
+            format!("{} ({} certificates)", p.display(), config.sources.ca.len())
+        }),
         "store open"
     );
     Ok(Fetcher::new(

@@ -21,6 +21,8 @@
 //!   limits (per user too), prewarm, upkeep.
 //! - [`server`]: the tonic edge on a unix socket: requests parsed once with
 //!   the caller's role, errors mapped to statuses once.
+//! - [`metrics`]: Prometheus counters and gauges, served on loopback.
+//! - [`systemd`]: socket activation and the notify protocol.
 //! - [`daemon`]: wires them together; `run(listener, config, shutdown)`.
 //! - [`proto`]: the generated `assetd.v1` messages, server and client.
 //!
@@ -33,9 +35,11 @@ pub mod digest;
 pub mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod metrics;
 pub mod server;
 pub mod source;
 pub mod store;
+pub mod systemd;
 
 /// `err` and its causes, outermost first, joined with ": ".
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {

@@ -2,11 +2,13 @@
 //! SIGTERM.
 
 use std::io::{IsTerminal as _, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use assetd::config::{ByteSize, Config, MinFree, Seconds};
+use assetd::config::{
+    ByteSize, Config, ConfigError, DEFAULT_CONFIG_FILE, LogFormat, MinFree, Seconds, SocketMode,
+};
 use assetd::server::Listener;
 use assetd::source::SourceRule;
 use clap::Parser;
@@ -14,10 +16,18 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// Node-local fetcher of verified assets into a content-addressed cache.
 ///
-/// Every flag overrides the built-in default (and, later, the config file).
+/// Settings come from the config file (TOML; every flag has a key, see
+/// --print-config), then the flags, which override it.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    /// The config file [default: /etc/assetd/assetd.toml when it exists]
+    #[arg(long, env = "ASSETD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the settings in effect (file, then flags, over the defaults)
+    /// as TOML, and exit
+    #[arg(long)]
+    print_config: bool,
     /// Store folder [default: /var/lib/assetd for root, else ~/.cache/assetd]
     #[arg(long, env = "ASSETD_ROOT")]
     root: Option<PathBuf>,
@@ -25,6 +35,13 @@ struct Args {
     /// $XDG_RUNTIME_DIR/assetd/assetd.sock]
     #[arg(long, env = "ASSETD_SOCKET")]
     socket: Option<PathBuf>,
+    /// Permissions of the socket the daemon creates, in octal [default: 0660]
+    #[arg(long, value_name = "MODE")]
+    socket_mode: Option<SocketMode>,
+    /// Group of the socket the daemon creates: its members may connect
+    /// [default: the daemon's group]
+    #[arg(long, value_name = "NAME")]
+    socket_group: Option<String>,
     /// A folder file:// URLs may read from (repeatable); none disables file://
     #[arg(long = "file-root", value_name = "DIR")]
     file_roots: Vec<PathBuf>,
@@ -37,6 +54,16 @@ struct Args {
     /// user (by primary gid or group membership); must exist
     #[arg(long, value_name = "NAME")]
     admin_group: Option<String>,
+    /// A user who is an admin too, by uid (repeatable)
+    #[arg(long = "admin-uid", value_name = "UID")]
+    admin_uids: Vec<u32>,
+    /// Serve Prometheus metrics at /metrics on a loopback ADDRESS:PORT
+    /// (127.0.0.1:9464) or a unix socket path [default: off]
+    #[arg(long, value_name = "LISTEN")]
+    metrics_listen: Option<String>,
+    /// Log lines as text or JSON objects [default: text]
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
     /// Largest asset accepted, in bytes or with a unit (512MiB, 8GiB) [default: 8GiB]
     #[arg(long)]
     max_size: Option<ByteSize>,
@@ -58,6 +85,10 @@ struct Args {
     /// host name, URL prefix or bucket
     #[arg(long = "deny-source", value_name = "RULE")]
     deny_source: Vec<SourceRule>,
+    /// A PEM bundle of private CAs to trust for https:// (and gs://) on top
+    /// of the system's roots
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// Transfers running at once; the rest wait in order [default: 8]
     #[arg(long)]
     max_transfers: Option<usize>,
@@ -117,6 +148,11 @@ struct Args {
     /// [default: 1024]
     #[arg(long)]
     max_leases_per_uid: Option<usize>,
+    /// Bytes of assets one user's leases may hold (root and the daemon's
+    /// user exempt): a size or a share of the file system (25%); 0 for no
+    /// cap [default: 25%]
+    #[arg(long)]
+    max_leased_bytes_per_uid: Option<MinFree>,
     /// Prewarm assets one user may have queued or running (root and the
     /// daemon's user exempt) [default: 256]
     #[arg(long)]
@@ -128,6 +164,17 @@ struct Args {
 }
 
 impl Args {
+    /// The config file's settings over the defaults: `--config`, else the
+    /// default file if it exists, else the defaults alone.
+    fn config(&self) -> Result<Config, ConfigError> {
+        let default = Path::new(DEFAULT_CONFIG_FILE);
+        match &self.config {
+            Some(path) => Config::load(path),
+            None if default.exists() => Config::load(default),
+            None => Ok(Config::default()),
+        }
+    }
+
     /// `config` with every flag given put over it.
     fn apply(self, mut config: Config) -> Config {
         fn set<T>(slot: &mut T, value: Option<T>) {
@@ -135,56 +182,73 @@ impl Args {
                 *slot = v;
             }
         }
-        set(&mut config.store.root, self.root);
-        set(&mut config.server.socket, self.socket);
+        let args = self;
+        set(&mut config.store.root, args.root);
+        set(&mut config.server.socket, args.socket);
+        set(&mut config.server.socket_mode, args.socket_mode);
+        set(&mut config.server.socket_group, args.socket_group.map(Some));
+        if !args.admin_uids.is_empty() {
+            config.server.admin_uids = args.admin_uids;
+        }
+        set(
+            &mut config.server.metrics_listen,
+            args.metrics_listen.map(Some),
+        );
+        set(&mut config.server.log_format, args.log_format);
         set(
             &mut config.server.max_connections_per_uid,
-            self.max_connections_per_uid,
+            args.max_connections_per_uid,
         );
-        set(&mut config.server.handshake_timeout, self.handshake_timeout);
-        set(&mut config.server.idle_timeout, self.idle_timeout);
-        if !self.file_roots.is_empty() {
-            config.sources.file_roots = self.file_roots;
+        set(&mut config.server.handshake_timeout, args.handshake_timeout);
+        set(&mut config.server.idle_timeout, args.idle_timeout);
+        if !args.file_roots.is_empty() {
+            config.sources.file_roots = args.file_roots;
         }
-        if !self.public_file_roots.is_empty() {
-            config.sources.public_file_roots = self.public_file_roots;
+        if !args.public_file_roots.is_empty() {
+            config.sources.public_file_roots = args.public_file_roots;
         }
-        set(&mut config.server.admin_group, self.admin_group.map(Some));
+        set(&mut config.server.admin_group, args.admin_group.map(Some));
         set(
             &mut config.sources.gcs_emulator,
-            self.gcs_emulator.map(Some),
+            args.gcs_emulator.map(Some),
         );
-        config.sources.gcs_anonymous |= self.gcs_anonymous;
-        if !self.allow_source.is_empty() {
-            config.sources.allow_source = self.allow_source;
+        config.sources.gcs_anonymous |= args.gcs_anonymous;
+        if !args.allow_source.is_empty() {
+            config.sources.allow_source = args.allow_source;
         }
-        if !self.deny_source.is_empty() {
-            config.sources.deny_source = self.deny_source;
+        if !args.deny_source.is_empty() {
+            config.sources.deny_source = args.deny_source;
         }
+        set(&mut config.sources.ca_file, args.ca_file.map(Some));
         let fetch = &mut config.fetch;
-        set(&mut fetch.max_size, self.max_size);
-        set(&mut fetch.max_transfers, self.max_transfers);
-        set(&mut fetch.max_per_host, self.max_per_host);
-        set(&mut fetch.max_per_uid, self.max_per_uid);
-        set(&mut fetch.attempts, self.attempts);
-        set(&mut fetch.stall_timeout, self.stall_timeout);
-        set(&mut fetch.min_rate, self.min_rate);
-        set(&mut fetch.attempt_timeout, self.attempt_timeout);
-        set(&mut fetch.reserve_free, self.reserve_free);
+        set(&mut fetch.max_size, args.max_size);
+        set(&mut fetch.max_transfers, args.max_transfers);
+        set(&mut fetch.max_per_host, args.max_per_host);
+        set(&mut fetch.max_per_uid, args.max_per_uid);
+        set(&mut fetch.attempts, args.attempts);
+        set(&mut fetch.stall_timeout, args.stall_timeout);
+        set(&mut fetch.min_rate, args.min_rate);
+        set(&mut fetch.attempt_timeout, args.attempt_timeout);
+        set(&mut fetch.reserve_free, args.reserve_free);
         let cache = &mut config.cache;
-        set(&mut cache.max_cache_bytes, self.max_cache_bytes);
-        set(&mut cache.min_free, self.min_free);
-        set(&mut cache.gc_interval, self.gc_interval);
-        set(&mut cache.unleased_grace, self.unleased_grace);
-        set(&mut cache.max_lease_ttl, self.max_lease_ttl);
-        set(&mut cache.max_leases_per_uid, self.max_leases_per_uid);
-        set(&mut fetch.max_prewarm_per_uid, self.max_prewarm_per_uid);
+        set(&mut cache.max_cache_bytes, args.max_cache_bytes);
+        set(&mut cache.min_free, args.min_free);
+        set(&mut cache.gc_interval, args.gc_interval);
+        set(&mut cache.unleased_grace, args.unleased_grace);
+        set(&mut cache.max_lease_ttl, args.max_lease_ttl);
+        set(&mut cache.max_leases_per_uid, args.max_leases_per_uid);
+        set(
+            &mut cache.max_leased_bytes_per_uid,
+            args.max_leased_bytes_per_uid,
+        );
+        set(&mut fetch.max_prewarm_per_uid, args.max_prewarm_per_uid);
         config
     }
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+/// Logs to stderr at `RUST_LOG` (default `info`), in `format`.
+fn init_logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -193,14 +257,40 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         // Its own report of a failed write is an `eprintln!`, which panics
         // on a broken stderr.
-        .log_internal_errors(false)
-        .init();
-    let config = Args::parse().apply(Config::default());
-    let config = match config.validate() {
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    // First, before any thread or log: it may replace this process.
+    if let Err(e) = keep_metadata_off_proxies() {
+        report(&e);
+        return ExitCode::FAILURE;
+    }
+    let args = Args::parse();
+    let print_config = args.print_config;
+    let config = args.config().map(|file| args.apply(file));
+    let config = match config.and_then(Config::validate) {
         Ok(c) => c,
         Err(e) => {
             report(&e.to_string());
             return ExitCode::from(2);
+        }
+    };
+    if print_config {
+        let _ = write!(std::io::stdout(), "{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.server.log_format);
+    // Before any thread starts: it clears LISTEN_FDS from the environment.
+    let activated = match assetd::systemd::take_listener() {
+        Ok(listener) => listener,
+        Err(e) => {
+            report(&e.to_string());
+            return ExitCode::FAILURE;
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -213,8 +303,13 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal().map_err(|e| format!("installing signal handlers: {e}"))?;
         // The socket first: a second daemon is refused before it touches a
-        // root.
-        let listener = Listener::bind(&config.server.socket).map_err(|e| e.to_string())?;
+        // root. One systemd passed is served as it is (its unit sets the
+        // path, mode and group).
+        let listener = match activated {
+            Some(passed) => Listener::inherited_std(passed),
+            None => Listener::bind(&config.server),
+        }
+        .map_err(|e| e.to_string())?;
         assetd::daemon::run(listener, config, shutdown)
             .await
             .map_err(|e| e.to_string())
@@ -229,6 +324,40 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Makes sure no request to a cloud metadata server goes through a proxy,
+/// whatever client sends it: with `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`
+/// set and `NO_PROXY` not covering the metadata endpoints, the daemon
+/// starts itself again (same pid, arguments and inherited descriptors, so
+/// systemd's socket and notify socket carry over) with them added to
+/// `NO_PROXY` and `no_proxy`. Google's credentials library builds its own
+/// HTTP clients, which read those variables; the process's environment is
+/// the one setting they all share, and it can only be set safely before
+/// any thread starts, which an `exec` guarantees. Errors: the restart
+/// failed (then the daemon does not start).
+fn keep_metadata_off_proxies() -> Result<(), String> {
+    use std::os::unix::process::CommandExt as _;
+    let Some(no_proxy) = assetd::source::proxy::metadata_no_proxy(|name| std::env::var(name).ok())
+    else {
+        return Ok(());
+    };
+    let mut args = std::env::args_os();
+    let arg0 = args.next();
+    let exe = std::env::current_exe().map_err(|e| format!("finding its own binary: {e}"))?;
+    let mut command = std::process::Command::new(&exe);
+    if let Some(arg0) = arg0 {
+        command.arg0(arg0);
+    }
+    let err = command
+        .args(args)
+        .env("NO_PROXY", &no_proxy)
+        .env("no_proxy", &no_proxy)
+        .exec();
+    Err(format!(
+        "a proxy is set, and restarting {} with NO_PROXY={no_proxy} (so cloud metadata is never proxied) failed: {err}; add those entries to NO_PROXY",
+        exe.display()
+    ))
 }
 
 /// Installs the SIGINT and SIGTERM handlers now, before the socket is
@@ -289,6 +418,7 @@ impl std::io::Write for LossyStderr {
         }
         if notice.is_err() || err.write_all(line).is_err() {
             DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
+            assetd::metrics::DROPPED_LOG_LINES.fetch_add(1, Ordering::Relaxed);
         }
         Ok(line.len())
     }

@@ -48,6 +48,19 @@ impl Inner {
     }
 }
 
+/// What the cache holds and the transfers are doing: [`Fetcher::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Assets cached.
+    pub assets: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Transfers reading from a source.
+    pub running: usize,
+    /// Transfers waiting for a slot.
+    pub waiting: usize,
+}
+
 impl Fetcher {
     /// Assets matching `query`, in digest order. Memory only.
     pub fn list(&self, query: &ListQuery) -> Vec<AssetInfo> {
@@ -96,34 +109,43 @@ impl Fetcher {
     pub async fn gc(&self, dry_run: bool) -> Result<GcReport, FetchError> {
         let keep = self.inner.flights.running();
         let policy = self.inner.evict_policy();
-        self.blocking(move |store| {
-            let lapsed_pins = if dry_run { 0 } else { store.sweep_lapsed()? };
-            let evicted = store.evict(&policy, &keep, dry_run)?;
-            Ok(GcReport {
-                evicted,
-                lapsed_pins,
+        let report = self
+            .blocking(move |store| {
+                let lapsed_pins = if dry_run { 0 } else { store.sweep_lapsed()? };
+                let evicted = store.evict(&policy, &keep, dry_run)?;
+                Ok(GcReport {
+                    evicted,
+                    lapsed_pins,
+                })
             })
-        })
-        .await
+            .await?;
+        if !dry_run {
+            let bytes = report.evicted.iter().map(|b| b.size).sum();
+            self.inner.metrics.evicted(report.evicted.len(), bytes);
+        }
+        Ok(report)
     }
 
     /// Re-hashes `digest`, or every asset; corrupt blobs go to quarantine.
     pub async fn verify(&self, digest: Option<Digest>) -> Result<VerifyReport, FetchError> {
-        self.blocking(move |store| {
-            let digests = match digest {
-                Some(d) => vec![d],
-                None => store.digests(),
-            };
-            let mut corrupt = Vec::new();
-            for digest in &digests {
-                corrupt.extend(store.verify(digest)?);
-            }
-            Ok(VerifyReport {
-                checked: digests.len(),
-                corrupt,
+        let report = self
+            .blocking(move |store| {
+                let digests = match digest {
+                    Some(d) => vec![d],
+                    None => store.digests(),
+                };
+                let mut corrupt = Vec::new();
+                for digest in &digests {
+                    corrupt.extend(store.verify(digest)?);
+                }
+                Ok(VerifyReport {
+                    checked: digests.len(),
+                    corrupt,
+                })
             })
-        })
-        .await
+            .await?;
+        self.inner.metrics.quarantined(report.corrupt.len());
+        Ok(report)
     }
 
     /// Writes last-use times noted since the last flush; returns how many.
@@ -135,6 +157,18 @@ impl Fetcher {
     /// record fail while it does not. Memory only.
     pub fn metadata_writable(&self) -> bool {
         self.inner.store.meta_writable()
+    }
+
+    /// What the cache holds and the transfers are doing now. Memory only.
+    pub fn stats(&self) -> Stats {
+        let (assets, bytes) = self.inner.store.totals();
+        let (waiting, running) = self.inner.limits.counts();
+        Stats {
+            assets,
+            bytes,
+            running,
+            waiting,
+        }
     }
 
     /// The daemon's upkeep until shutdown: last-use times flushed every few

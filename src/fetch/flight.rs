@@ -1,5 +1,13 @@
-//! Single flight: at most one transfer per digest, shared fairly by its
-//! callers.
+//! Single flight: at most one transfer per digest and user, shared fairly
+//! by its callers.
+//!
+//! Flights are per user (the uid of the caller that starts one): callers of
+//! one user share a transfer, another user's fetch of the same digest runs
+//! its own. So no user can hold up another's fetch with a source that
+//! trickles, or with transfers queued behind its own per-user slots; the
+//! price is one transfer per user fetching an asset at the same moment
+//! (nodes run their runtimes as one or a few users). The commit of the
+//! second to finish finds the blob in place and keeps it.
 //!
 //! Each caller takes a [`Seat`] on the digest's [`Flight`]. The flight's
 //! [`Terms`] are the union of its live callers' requests: their URLs in the
@@ -215,10 +223,10 @@ pub struct TransferInfo {
     pub started_by: u32,
 }
 
-/// The running transfers, by digest.
+/// The running transfers, by digest and the uid that started them.
 #[derive(Default)]
 pub(super) struct Flights {
-    map: Mutex<HashMap<Digest, Weak<Flight>>>,
+    map: Mutex<HashMap<(Digest, u32), Weak<Flight>>>,
     next_id: AtomicU64,
 }
 
@@ -231,9 +239,9 @@ pub(super) enum Joined {
 }
 
 impl Flights {
-    /// Takes a seat on `digest`'s flight with `terms` and `urls` (given by
-    /// a caller with `access`), or starts a
-    /// new flight: first `cached` is asked (under the registry's lock, so a
+    /// Takes a seat on the flight of `digest` that the caller's user
+    /// started, with `terms` and `urls` (given by a caller with `access`),
+    /// or starts a new flight: first `cached` is asked (under the registry's lock, so a
     /// transfer that just committed is seen), then `launch` spawns the
     /// transfer and returns its abort handle. Neither may do I/O.
     pub fn join_or_start(
@@ -246,8 +254,9 @@ impl Flights {
         launch: impl FnOnce(Launch) -> AbortHandle,
     ) -> Joined {
         let caller = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let key = (digest, access.uid);
         let mut map = lock(&self.map);
-        if let Some(flight) = map.get(&digest).and_then(Weak::upgrade)
+        if let Some(flight) = map.get(&key).and_then(Weak::upgrade)
             && lock(&flight.terms).join(caller, terms, urls, access)
         {
             return Joined::Seat(Seat { flight, caller });
@@ -280,7 +289,7 @@ impl Flights {
             cancel,
         });
         let _ = flight.task.set(task);
-        map.insert(digest, Arc::downgrade(&flight));
+        map.insert(key, Arc::downgrade(&flight));
         Joined::Seat(Seat { flight, caller })
     }
 
@@ -304,24 +313,37 @@ impl Flights {
                 }
             })
             .collect();
-        all.sort_by_key(|t| t.digest);
+        all.sort_by_key(|t| (t.digest, t.started_by));
         all
     }
 
-    /// Cancels the transfer of `digest`; how many callers waited on it, or
-    /// `None` when none runs.
+    /// The live flights of `digest` (one per user fetching it).
+    fn of(&self, digest: &Digest) -> Vec<Arc<Flight>> {
+        lock(&self.map)
+            .iter()
+            .filter(|((d, _), _)| d == digest)
+            .filter_map(|(_, weak)| weak.upgrade())
+            .collect()
+    }
+
+    /// Cancels every transfer of `digest`; how many callers waited on them,
+    /// or `None` when none runs.
     pub fn cancel(&self, digest: &Digest) -> Option<usize> {
-        let flight = lock(&self.map).get(digest).and_then(Weak::upgrade)?;
-        let callers = lock(&flight.terms).callers.len();
-        flight.cancel.cancel();
+        let flights = self.of(digest);
+        if flights.is_empty() {
+            return None;
+        }
+        let mut callers = 0;
+        for flight in flights {
+            callers += lock(&flight.terms).callers.len();
+            flight.cancel.cancel();
+        }
         Some(callers)
     }
 
     /// Whether a transfer of `digest` is running.
     pub fn is_running(&self, digest: &Digest) -> bool {
-        lock(&self.map)
-            .get(digest)
-            .is_some_and(|weak| weak.strong_count() > 0)
+        !self.of(digest).is_empty()
     }
 
     /// The digests with a transfer running.
@@ -329,20 +351,16 @@ impl Flights {
         lock(&self.map)
             .iter()
             .filter(|(_, weak)| weak.strong_count() > 0)
-            .map(|(digest, _)| *digest)
+            .map(|((digest, _), _)| *digest)
             .collect()
     }
 
-    /// Forgets the ended flight `id`, so later fetches look at the cache.
+    /// Forgets the ended flight `id` of `digest`, so later fetches look at
+    /// the cache.
     pub fn finish(&self, digest: Digest, id: u64) {
-        let mut map = lock(&self.map);
-        let same = map
-            .get(&digest)
-            .and_then(Weak::upgrade)
-            .is_none_or(|flight| flight.id == id);
-        if same {
-            map.remove(&digest);
-        }
+        lock(&self.map).retain(|(d, _), weak| {
+            *d != digest || weak.upgrade().is_some_and(|flight| flight.id != id)
+        });
     }
 
     /// Entries in the registry, live or dead (for tests).
@@ -383,12 +401,21 @@ mod tests {
 
     /// Starts or joins with a launch that spawns nothing (a dummy task).
     fn seat(flights: &Flights, terms: CallerTerms, urls: &[SourceUrl]) -> (Seat, Option<Launch>) {
+        seat_as(flights, terms, urls, ANYONE)
+    }
+
+    fn seat_as(
+        flights: &Flights,
+        terms: CallerTerms,
+        urls: &[SourceUrl],
+        access: Access,
+    ) -> (Seat, Option<Launch>) {
         let mut launched = None;
         let joined = flights.join_or_start(
             d(1),
             terms,
             urls,
-            ANYONE,
+            access,
             || None,
             |launch| {
                 launched = Some(launch);
@@ -411,6 +438,30 @@ mod tests {
         let mut terms = lock(&launch.terms);
         let urls: Vec<_> = (0..).map_while(|i| terms.url(i)).map(|(u, _)| u).collect();
         assert_eq!(urls, vec![url("a"), url("m"), url("b")]);
+    }
+
+    #[tokio::test]
+    async fn another_users_fetch_runs_its_own_transfer() {
+        let flights = Flights::default();
+        let (a, first) = seat(&flights, OPEN, &[url("slow")]);
+        let other = Access {
+            admin: false,
+            uid: 4343,
+            gid: 4343,
+        };
+        let (b, second) = seat_as(&flights, OPEN, &[url("good")], other);
+        let second = second.expect("a flight of its own");
+        let urls: Vec<_> = (0..)
+            .map_while(|i| lock(&second.terms).url(i))
+            .map(|(u, _)| u)
+            .collect();
+        assert_eq!(urls, vec![url("good")], "not behind the other user's URL");
+        assert_eq!(flights.list().len(), 2);
+        assert!(first.is_some());
+        // A cancel by digest stops both.
+        assert_eq!(flights.cancel(&d(1)), Some(2));
+        drop((a, b));
+        assert!(!flights.is_running(&d(1)));
     }
 
     #[test]

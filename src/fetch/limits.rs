@@ -4,6 +4,7 @@
 //! hosts are dropped, so the maps don't grow with every uid or host seen.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -16,6 +17,30 @@ pub(super) struct Limits {
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
     per_uid: usize,
     uids: Mutex<HashMap<u32, Arc<Semaphore>>>,
+    counts: Arc<Counts>,
+}
+
+/// Transfers waiting for slots and running, for status lines and metrics.
+#[derive(Debug, Default)]
+struct Counts {
+    waiting: AtomicUsize,
+    running: AtomicUsize,
+}
+
+/// Adds one to a count until dropped.
+struct Counted(Arc<Counts>, fn(&Counts) -> &AtomicUsize);
+
+impl Counted {
+    fn new(counts: &Arc<Counts>, which: fn(&Counts) -> &AtomicUsize) -> Counted {
+        which(counts).fetch_add(1, Ordering::Relaxed);
+        Counted(counts.clone(), which)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        (self.1)(&self.0).fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A transfer's slots; released on drop.
@@ -23,6 +48,7 @@ pub(super) struct Permits {
     _uid: Option<OwnedSemaphorePermit>,
     _host: Option<OwnedSemaphorePermit>,
     _all: Option<OwnedSemaphorePermit>,
+    _running: Counted,
 }
 
 impl Limits {
@@ -33,7 +59,17 @@ impl Limits {
             hosts: Mutex::new(HashMap::new()),
             per_uid: max_per_uid.max(1),
             uids: Mutex::new(HashMap::new()),
+            counts: Arc::default(),
         }
+    }
+
+    /// Transfers waiting for their slots, and running.
+    pub(super) fn counts(&self) -> (usize, usize) {
+        let counts = &self.counts;
+        (
+            counts.waiting.load(Ordering::Relaxed),
+            counts.running.load(Ordering::Relaxed),
+        )
     }
 
     /// Waits for a slot of `uid` (the user who started the transfer; `None`
@@ -41,6 +77,7 @@ impl Limits {
     /// one. The narrower ones come first so that a transfer waiting on a busy
     /// user or host holds no slot that others could use.
     pub(super) async fn acquire(&self, url: &Url, uid: Option<u32>) -> Permits {
+        let waiting = Counted::new(&self.counts, |c| &c.waiting);
         let uid = uid.map(|uid| slot(&self.uids, uid, self.per_uid));
         let key = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
         let host = slot(&self.hosts, key, self.per_host);
@@ -51,10 +88,12 @@ impl Limits {
         };
         let host = host.acquire_owned().await.ok();
         let all = self.all.clone().acquire_owned().await.ok();
+        drop(waiting);
         Permits {
             _uid: uid,
             _host: host,
             _all: all,
+            _running: Counted::new(&self.counts, |c| &c.running),
         }
     }
 }
@@ -98,7 +137,16 @@ mod tests {
         )
         .await;
         assert!(b.is_ok());
+        assert_eq!(limits.counts(), (1, 2), "one waiting, two running");
         waiting.abort();
+        let _ = waiting.await;
+        assert_eq!(
+            limits.counts(),
+            (0, 2),
+            "a waiter that gave up is not counted"
+        );
+        drop(b);
+        assert_eq!(limits.counts(), (0, 1));
     }
 
     #[tokio::test(start_paused = true)]

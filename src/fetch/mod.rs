@@ -35,7 +35,7 @@ use crate::config::{CacheConfig, FetchConfig};
 use crate::digest::Digest;
 use crate::source::{SourceError, SourceUrl, Sources};
 use crate::store::{AssetInfo, Blob, Store, StoreError};
-pub use admin::{GcReport, VerifyReport};
+pub use admin::{GcReport, Stats, VerifyReport};
 pub use flight::TransferInfo;
 use flight::{CallerTerms, Flights, Joined, Seat, State};
 use limits::Limits;
@@ -245,13 +245,6 @@ pub struct Want {
     pub caller: Caller,
 }
 
-impl Want {
-    /// The first URL, redacted, for logs and metadata.
-    fn url(&self) -> &str {
-        self.urls.first().map_or("", SourceUrl::redacted)
-    }
-}
-
 /// A caller's pin on what it fetched.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -279,8 +272,6 @@ pub struct Progress {
     pub total: Option<u64>,
     /// The URL being read (redacted), or "" while waiting for a slot.
     pub source: String,
-    /// Who gave `source`: a caller sees only its own URLs there.
-    pub giver: Option<u32>,
     /// When the transfer began.
     pub started: Option<Instant>,
 }
@@ -317,6 +308,7 @@ struct Inner {
     lifetime: Lifetime,
     /// Prewarm assets queued or running, per uid (non-admins only).
     prewarms: prewarm::Queued,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Fetches assets into the store and answers for it. Cheap to clone.
@@ -324,10 +316,6 @@ struct Inner {
 pub struct Fetcher {
     inner: Arc<Inner>,
 }
-
-/// What a caller sees as the source while the transfer reads a URL that
-/// another user gave.
-pub const ANOTHER_CALLERS_URL: &str = "(a URL another caller gave)";
 
 /// A fetch that is waiting on a transfer: its progress, then its result.
 /// Dropping it leaves the transfer; the last one to leave cancels it.
@@ -369,10 +357,16 @@ impl Fetcher {
             flights: Flights::default(),
             lifetime,
             prewarms: prewarm::Queued::default(),
+            metrics: Arc::default(),
         };
         Fetcher {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The daemon's metrics, which the fetch layer keeps.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.inner.metrics
     }
 
     /// Makes sure `want` is cached and waits for it.
@@ -387,6 +381,18 @@ impl Fetcher {
     /// lease), or takes a seat on the digest's transfer. Errors here change
     /// nothing on disk.
     pub async fn start(&self, want: Want) -> Result<Started, FetchError> {
+        let source = want.source_kind();
+        let started = self.start_once(want).await;
+        match &started {
+            Ok(Started::Hit(_)) => self.inner.metrics.fetch("hit", source),
+            Ok(Started::Waiting(_)) => {}
+            Err(e) => self.inner.note_failure(e, source),
+        }
+        started
+    }
+
+    /// [`Fetcher::start`], uncounted.
+    async fn start_once(&self, want: Want) -> Result<Started, FetchError> {
         for url in &want.urls {
             self.inner
                 .sources
@@ -408,7 +414,7 @@ impl Fetcher {
         }
         let started = Instant::now();
         for _ in 0..PIN_ROUNDS {
-            let blob = match self.inner.store.lookup(&want.digest, want.url()) {
+            let blob = match self.inner.store.lookup(&want.digest) {
                 Some(blob) => blob,
                 None => match self.join(&want, limit) {
                     Joined::Cached(blob) => blob,
@@ -440,14 +446,22 @@ impl Fetcher {
             limit,
         };
         let inner = &self.inner;
-        inner.flights.join_or_start(
+        let mut launched = false;
+        let joined = inner.flights.join_or_start(
             want.digest,
             terms,
             &want.urls,
             want.caller.into(),
-            || inner.store.lookup(&want.digest, want.url()),
-            |launch| transfer::spawn(self.inner.clone(), launch, want.caller),
-        )
+            || inner.store.lookup(&want.digest),
+            |launch| {
+                launched = true;
+                transfer::spawn(self.inner.clone(), launch, want.caller)
+            },
+        );
+        if matches!(joined, Joined::Seat(_)) && !launched {
+            inner.metrics.joined();
+        }
+        joined
     }
 
     /// Judges `blob` against this caller's request and pins its lease:
@@ -482,8 +496,9 @@ impl Fetcher {
     /// Pins `want`'s lease on `blob` for its caller, if it has one;
     /// `Ok(None)` when the asset is no longer cached. A caller that is not
     /// an admin has its TTL cut to `cache.max_lease_ttl` and may hold at
-    /// most `cache.max_leases_per_uid` pins ([`StoreError::TooManyLeases`],
-    /// the asset stays cached but unpinned).
+    /// most `cache.max_leases_per_uid` pins ([`StoreError::TooManyLeases`])
+    /// on at most `cache.max_leased_bytes_per_uid` ([`StoreError::TooMuchLeased`]);
+    /// refused, the asset stays cached but unpinned.
     async fn pin(&self, want: &Want, blob: Blob) -> Result<Option<Blob>, FetchError> {
         let Some(lease) = &want.lease else {
             return Ok(Some(blob));
@@ -498,7 +513,10 @@ impl Fetcher {
             let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
             crate::store::now_ms().saturating_add(ms)
         });
-        let cap = (!caller.admin).then_some(cache.max_leases_per_uid);
+        let cap = (!caller.admin).then_some(crate::store::LeaseCap {
+            pins: cache.max_leases_per_uid,
+            bytes: cache.max_leased_bytes_per_uid,
+        });
         let (digest, name) = (want.digest, lease.name.clone());
         let pinned = self
             .blocking(move |store| store.pin(&digest, &name, caller.uid, expires, cap))
@@ -528,7 +546,46 @@ impl Fetcher {
     }
 }
 
+impl Want {
+    /// The kind of its first URL, for metrics.
+    fn source_kind(&self) -> &'static str {
+        self.urls
+            .first()
+            .map_or("other", |u| crate::metrics::source_kind(u.url()))
+    }
+}
+
+/// Why a fetch was refused before any transfer, as a metrics label; `None`
+/// for a failure of the transfer or of the node.
+fn refusal_reason(err: &FetchError) -> Option<&'static str> {
+    match err {
+        FetchError::Source(SourceError::Denied { .. }) => Some("denied"),
+        FetchError::Source(SourceError::InvalidUrl { .. })
+        | FetchError::Source(SourceError::UnsupportedScheme { .. }) => Some("invalid"),
+        FetchError::RequestTooLarge { .. }
+        | FetchError::AssetTooLarge { .. }
+        | FetchError::DeclaredTooLarge { .. }
+        | FetchError::NeverFits { .. } => Some("too_large"),
+        FetchError::TooManyPrewarms { .. }
+        | FetchError::Store(StoreError::TooManyLeases { .. })
+        | FetchError::Store(StoreError::TooMuchLeased { .. }) => Some("per_user_cap"),
+        FetchError::Transfer(inner) => refusal_reason(inner),
+        _ => None,
+    }
+}
+
 impl Inner {
+    /// Counts a fetch call that failed: a refusal by its reason.
+    fn note_failure(&self, err: &FetchError, source: &'static str) {
+        match refusal_reason(err) {
+            Some(reason) => {
+                self.metrics.fetch("refused", source);
+                self.metrics.refusal(reason);
+            }
+            None => self.metrics.fetch("failed", source),
+        }
+    }
+
     /// The most bytes `want` may bring in: its own limit under the daemon's,
     /// and never more than the whole cache may hold (an asset of unknown
     /// size is cut off there rather than committed and evicted at once).
@@ -553,15 +610,9 @@ impl Waiting {
             .map_or(transfer, |(_, e)| e.clone())
     }
 
-    /// The transfer's progress now. A URL another caller gave (a joiner's
-    /// mirror) is not shown to a caller other than an admin.
+    /// The transfer's progress now.
     pub fn progress(&self) -> Progress {
-        let mut progress = self.state.borrow().progress.clone();
-        let caller = &self.want.caller;
-        if !caller.admin && progress.giver.is_some_and(|uid| uid != caller.uid) {
-            progress.source = ANOTHER_CALLERS_URL.to_owned();
-        }
-        progress
+        self.state.borrow().progress.clone()
     }
 
     /// True once the transfer has its outcome.
@@ -579,6 +630,19 @@ impl Waiting {
     /// Waits for the transfer's outcome, judged against this caller's own
     /// size and limit, with its lease pinned.
     pub async fn finish(self) -> Result<Fetched, FetchError> {
+        let (source, inner) = (self.want.source_kind(), self.fetcher.inner.clone());
+        let finished = self.finish_once().await;
+        match &finished {
+            Ok(f) => inner
+                .metrics
+                .fetch(if f.cache_hit { "hit" } else { "fetched" }, source),
+            Err(e) => inner.note_failure(e, source),
+        }
+        finished
+    }
+
+    /// [`Waiting::finish`], uncounted.
+    async fn finish_once(self) -> Result<Fetched, FetchError> {
         let mut waiting = self;
         for _ in 0..PIN_ROUNDS {
             let outcome = match waiting.state.wait_for(|s| s.outcome.is_some()).await {
@@ -605,7 +669,7 @@ impl Waiting {
                 return Ok(f);
             }
             // Evicted before the pin: this caller fetches again.
-            waiting = match fetcher.start(want).await? {
+            waiting = match fetcher.start_once(want).await? {
                 Started::Hit(fetched) => return Ok(fetched),
                 Started::Waiting(w) => w,
             };

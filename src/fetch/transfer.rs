@@ -64,6 +64,10 @@ pub(super) fn spawn(inner: Arc<Inner>, launch: Launch, starter: Caller) -> Abort
         match &outcome {
             Ok((blob, url)) => {
                 log_fetched(blob, url, started);
+                let kind = crate::metrics::source_kind(url.url());
+                inner
+                    .metrics
+                    .transferred(kind, blob.size, started.elapsed().as_secs_f64());
                 // Before the callers hear of it, so that what they see (and
                 // tests check) is the cache within its limits.
                 evict_after_commit(&inner, blob.digest).await;
@@ -88,7 +92,7 @@ fn log_fetched(blob: &Blob, url: &SourceUrl, started: Instant) {
         url = %url,
         bytes = blob.size,
         secs = format_args!("{secs:.3}"),
-        mb_per_s = format_args!("{:.1}", blob.size as f64 / secs.max(1e-9) / 1e6),
+        mib_per_s = format_args!("{:.1}", blob.size as f64 / secs.max(1e-9) / f64::from(1 << 20)),
         outcome = "fetched",
         "transfer"
     );
@@ -104,6 +108,7 @@ async fn evict_after_commit(inner: &Inner, digest: crate::digest::Digest) {
     match evicted {
         Ok(Ok(gone)) if !gone.is_empty() => {
             let bytes: u64 = gone.iter().map(|b| b.size).sum();
+            inner.metrics.evicted(gone.len(), bytes);
             tracing::info!(
                 assets = gone.len(),
                 bytes,
@@ -192,10 +197,7 @@ async fn from_url(
     starter: Caller,
 ) -> Result<Blob, FetchError> {
     let source = inner.sources.resolve(url).map_err(FetchError::Source)?;
-    state.send_modify(|s| {
-        s.progress.source = String::new();
-        s.progress.giver = Some(access.uid);
-    });
+    state.send_modify(|s| s.progress.source = String::new());
     // The user who started the transfer is charged for its slot.
     let uid = (!starter.admin).then_some(starter.uid);
     let _permits = inner.limits.acquire(url.url(), uid).await;
@@ -232,6 +234,7 @@ async fn from_url(
         }
         let delay = backoff(failures, retry_after(&e));
         tracing::info!(%digest, %url, error = %e, retry_in = ?delay, "retrying");
+        inner.metrics.retried();
         tokio::time::sleep(delay).await;
     }
     match attempt.ingest.take() {
@@ -303,6 +306,8 @@ impl Attempt<'_> {
             // start over with what it sends, from byte 0.
             tracing::info!(url = %self.url, from = opened.offset, "source cannot resume; starting over");
             self.abort().await;
+        } else if opened.offset > 0 {
+            self.inner.metrics.resumed();
         }
         let (size, limit) = self.terms();
         let mut ingest = match self.ingest.take() {
@@ -433,6 +438,14 @@ async fn stream(
         let Some(chunk) = next else {
             break;
         };
+        if ingest.received() == 0 {
+            // The URL's first byte (again, after a start over).
+            let since = state.borrow().progress.started.map(|s| s.elapsed());
+            if let Some(since) = since {
+                let kind = crate::metrics::source_kind(attempt.url.url());
+                attempt.inner.metrics.first_byte(kind, since.as_secs_f64());
+            }
+        }
         attempt.check_rate(&mut window, ingest.received())?;
         let (size, limit) = attempt.terms();
         ingest.set_terms(size, limit);

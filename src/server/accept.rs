@@ -16,6 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::Stream;
 
 use super::authority::FixAuthority;
+use crate::config::ServerConfig;
 
 /// Pause after a failed accept: long enough not to spin while descriptors
 /// are exhausted, short enough to take connections again soon after.
@@ -51,18 +52,19 @@ impl Drop for Slot {
 /// and the daemon's own user are exempt. Never yields an error.
 pub(super) fn incoming(
     listener: UnixListener,
-    per_uid: usize,
-    handshake_timeout: Duration,
-    idle_timeout: Duration,
+    config: &ServerConfig,
 ) -> impl Stream<Item = io::Result<FixAuthority>> {
+    let per_uid = config.max_connections_per_uid;
+    let (handshake_timeout, idle_timeout) = (config.handshake_timeout.0, config.idle_timeout.0);
+    let exempt: Arc<[u32]> = config.admin_uids.iter().copied().collect();
     let counts: Counts = Arc::default();
     let warned = Arc::new(Warned::default());
     futures_util::stream::unfold(listener, move |listener| {
-        let (counts, warned) = (counts.clone(), warned.clone());
+        let (counts, warned, exempt) = (counts.clone(), warned.clone(), exempt.clone());
         async move {
             loop {
                 match listener.accept().await {
-                    Ok((stream, _)) => match admit(&stream, &counts, per_uid) {
+                    Ok((stream, _)) => match admit(&stream, &counts, per_uid, &exempt) {
                         Ok(slot) => {
                             let mut conn = FixAuthority::new(stream)
                                 .with_slot(slot)
@@ -90,15 +92,21 @@ pub(super) fn incoming(
     })
 }
 
-/// A slot for `stream`'s user (`None` for an exempt one), or its uid when it
-/// has `per_uid` open connections already.
-fn admit(stream: &UnixStream, counts: &Counts, per_uid: usize) -> Result<Option<Slot>, u32> {
+/// A slot for `stream`'s user (`None` for root, the daemon's user and the
+/// `exempt` admin uids), or its uid when it has `per_uid` open connections
+/// already.
+fn admit(
+    stream: &UnixStream,
+    counts: &Counts,
+    per_uid: usize,
+    exempt: &[u32],
+) -> Result<Option<Slot>, u32> {
     let Ok(cred) = stream.peer_cred() else {
         // No credentials: the handlers refuse every call that needs them.
         return Ok(None);
     };
     let uid = cred.uid();
-    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() || exempt.contains(&uid) {
         return Ok(None);
     }
     let mut map = counts.lock().unwrap_or_else(PoisonError::into_inner);

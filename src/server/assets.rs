@@ -9,6 +9,7 @@ use tracing::Instrument as _;
 use super::convert::{self, asset, bare_asset, fetch_response};
 use super::request::{self, Roles, span};
 use super::{fetch_status, progress, status};
+use crate::config::ServerConfig;
 use crate::fetch::Fetcher;
 use crate::proto;
 use crate::store::{AssetInfo, ListQuery};
@@ -31,13 +32,14 @@ pub struct AssetsService {
 }
 
 impl AssetsService {
-    /// A service answering from `fetcher`; members of `admin_gid` (besides
-    /// root and the daemon's user) are admins.
-    pub fn new(fetcher: Fetcher, admin_gid: Option<u32>) -> AssetsService {
+    /// A service answering from `fetcher`; the admin uids and the members
+    /// of the admin group `config` names (besides root and the daemon's
+    /// user) are admins.
+    pub fn new(fetcher: Fetcher, config: &ServerConfig) -> AssetsService {
         AssetsService {
             fetcher,
             urls: request::Urls::default(),
-            roles: Roles::new(admin_gid),
+            roles: Roles::new(config.admin_gid, config.admin_uids.clone()),
         }
     }
 }
@@ -161,24 +163,34 @@ impl proto::assets_server::Assets for AssetsService {
         request: Request<proto::GcRequest>,
     ) -> Result<Response<proto::GcResponse>, Status> {
         let caller = self.roles.caller(&request).await?;
-        self.roles.require_admin(&caller)?;
         let dry_run = request.get_ref().dry_run;
+        // A dry run changes nothing, so anyone may ask. What it tells a
+        // non-admin is what the daemon's own gc (every --gc-interval) would
+        // evict next, which `List` shows anyone once it has run: the assets
+        // and their sizes, never a lease, an owner or a count of pins.
+        if !dry_run {
+            self.roles
+                .require_admin_to("run gc (a dry run is open to anyone)", &caller)?;
+        }
         let report = self.fetcher.gc(dry_run).await.map_err(|e| status(&e))?;
         let bytes = report.evicted.iter().map(|b| b.size).sum();
         let evicted = report.evicted.len();
+        // A dry run sweeps no pins; should it ever count lapsed ones, others'
+        // pins are still no business of a non-admin's.
+        let lapsed_pins = if caller.admin { report.lapsed_pins } else { 0 };
         span("Gc", &caller).in_scope(|| {
-            tracing::info!(
-                dry_run,
-                evicted,
-                bytes,
-                lapsed_pins = report.lapsed_pins,
-                "gc"
-            )
+            if dry_run {
+                // Anyone may ask, as often as it likes: not a line each time.
+                tracing::debug!(dry_run, evicted, bytes, "gc");
+            } else {
+                tracing::info!(dry_run, evicted, bytes, lapsed_pins, "gc");
+            }
         });
         Ok(Response::new(proto::GcResponse {
+            // Files only: digest, path and size, as `List` shows anyone.
             evicted: report.evicted.into_iter().map(bare_asset).collect(),
             bytes,
-            lapsed_pins: u32::try_from(report.lapsed_pins).unwrap_or(u32::MAX),
+            lapsed_pins: u32::try_from(lapsed_pins).unwrap_or(u32::MAX),
         }))
     }
 

@@ -64,6 +64,12 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The socket systemd passed cannot be served.
+    #[error("socket activation: {reason}")]
+    Activation {
+        /// What is wrong.
+        reason: String,
+    },
     /// The listener was already taken.
     #[error("no listener to serve on")]
     NoListener,
@@ -74,6 +80,16 @@ pub enum ServerError {
     #[error("serving: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
+
+/// Calls open at once on one connection; more wait in the client (once it
+/// has the daemon's settings). With [`MAX_REQUEST_BYTES`] and the
+/// connections per user, this bounds what one user can make the daemon
+/// buffer: 16 connections × 64 calls × 256 KiB = 256 MiB.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// Largest request message accepted: a fetch with 16 mirrors of the
+/// longest URLs (8 KiB each) fits, as does a prewarm batch of a thousand
+/// assets with ordinary URLs; a larger one is refused before it is held.
+pub const MAX_REQUEST_BYTES: usize = 256 << 10;
 
 /// Time between HTTP/2 pings on an open connection.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(30);
@@ -139,6 +155,7 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let shown = listener.path().map(|p| p.display().to_string());
     tracing::info!(socket = shown.as_deref().unwrap_or("inherited"), "serving");
+    crate::systemd::ready();
     let watching = CancellationToken::new();
     tokio::spawn(watch_metadata(
         fetcher.clone(),
@@ -148,6 +165,7 @@ pub async fn serve(
     let (stopping, stopped) = oneshot::channel();
     let shutdown = async move {
         shutdown.await;
+        crate::systemd::stopping();
         // INVARIANT: the watch stops first, so it can't flip health back.
         watching.cancel();
         // INVARIANT: NOT_SERVING before the listener closes, so a health
@@ -162,25 +180,21 @@ pub async fn serve(
     };
     // Every connection goes through FixAuthority so that grpcurl 1.8.6 works
     // with an absolute socket path.
-    let incoming = accept::incoming(
-        unix,
-        config.max_connections_per_uid,
-        config.handshake_timeout.0,
-        config.idle_timeout.0,
-    );
+    let incoming = accept::incoming(unix, config);
     let serving = Server::builder()
         // A peer that stops answering pings (gone, or hostile) is closed.
         .http2_keepalive_interval(Some(KEEPALIVE_EVERY))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         // Marks each open call on its connection, for the idle clock.
         .layer(idle::TrackCalls)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(AssetsServer::new(AssetsService::new(
-            fetcher,
-            config.admin_gid,
-        )))
+        .add_service(health_service.max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(reflection_v1.max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(reflection_v1alpha.max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(
+            AssetsServer::new(AssetsService::new(fetcher, config))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown);
     // Graceful shutdown waits for every client to close its connection; a
     // stuck client must not keep the daemon alive.

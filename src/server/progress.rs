@@ -46,26 +46,34 @@ pub(super) fn events(started: Started, span: tracing::Span, caller: Caller) -> E
     Box::pin(ReceiverStream::new(rx))
 }
 
-/// Sends progress until the transfer ends; `None` when the client left.
+/// Sends progress until the transfer ends, and then its last progress when
+/// that moved since the last tick: the client sees the bytes and rate the
+/// transfer ended with, not those of its last tick (for a quick transfer,
+/// the first tick, at 0 bytes). `None` when the client left.
 async fn follow(
     mut waiting: Waiting,
     tx: &mpsc::Sender<Result<proto::FetchEvent, Status>>,
 ) -> Option<Result<crate::fetch::Fetched, crate::fetch::FetchError>> {
     let mut tick = tokio::time::interval(EVERY);
     let mut sent = None;
+    let mut send_if_moved = async |waiting: &Waiting| {
+        let now = waiting.progress();
+        if sent == Some(now.done) {
+            return Some(());
+        }
+        sent = Some(now.done);
+        tx.send(Ok(event(Event::Progress(progress(&now)))))
+            .await
+            .ok()
+    };
     while !waiting.is_done() {
         tokio::select! {
-            _ = tick.tick() => {
-                let now = waiting.progress();
-                if sent != Some(now.done) {
-                    sent = Some(now.done);
-                    tx.send(Ok(event(Event::Progress(progress(&now))))).await.ok()?;
-                }
-            }
+            _ = tick.tick() => send_if_moved(&waiting).await?,
             () = waiting.changed() => {}
             () = tx.closed() => return None,
         }
     }
+    send_if_moved(&waiting).await?;
     Some(waiting.finish().await)
 }
 
@@ -93,7 +101,7 @@ pub(super) fn prewarm_events(
                 PrewarmKind::Failed(error) => {
                     let status = fetch_status(&error, &caller);
                     prewarm_event::Event::Failed(proto::Failure {
-                        code: format!("{:?}", status.code()),
+                        code: code_name(status.code()).to_owned(),
                         message: status.message().to_owned(),
                     })
                 }
@@ -110,4 +118,28 @@ pub(super) fn prewarm_events(
         }
     });
     Box::pin(ReceiverStream::new(rx))
+}
+
+/// The canonical name of `code` (`NOT_FOUND`), as the proto promises.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
 }

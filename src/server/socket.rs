@@ -9,10 +9,7 @@ use std::path::{Path, PathBuf};
 use tokio::net::UnixListener;
 
 use super::ServerError;
-
-/// Owner and group may connect; others may not. Group membership is how an
-/// operator grants a runtime access without making it root.
-const SOCKET_MODE: u32 = 0o660;
+use crate::config::ServerConfig;
 
 /// A listening unix socket. One the daemon bound itself has its file removed
 /// when this is dropped, whatever path the daemon takes out.
@@ -24,12 +21,14 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `path`, creating its folder. A stale socket file (nobody
-    /// answers) is replaced; a live one means another daemon
-    /// ([`ServerError::AlreadyServing`]). Needs a tokio runtime.
-    pub fn bind(path: &Path) -> Result<Listener, ServerError> {
+    /// Binds `config.socket` with its mode and group, creating its folder.
+    /// A stale socket file (nobody answers) is replaced; a live one means
+    /// another daemon ([`ServerError::AlreadyServing`]). Needs a tokio
+    /// runtime.
+    pub fn bind(config: &ServerConfig) -> Result<Listener, ServerError> {
+        let path = &config.socket;
         Ok(Listener {
-            listener: Some(bind(path)?),
+            listener: Some(bind(path, config.socket_mode.0, config.socket_gid)?),
             path: Some(path.to_owned()),
         })
     }
@@ -41,6 +40,23 @@ impl Listener {
             listener: Some(listener),
             path: None,
         }
+    }
+
+    /// The same for a std listener (as systemd passes it), registered with
+    /// the runtime. Needs a tokio runtime.
+    pub fn inherited_std(
+        listener: std::os::unix::net::UnixListener,
+    ) -> Result<Listener, ServerError> {
+        let io = |op, source| ServerError::Io {
+            op,
+            path: PathBuf::from("(the socket passed)"),
+            source,
+        };
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io("set non-blocking", e))?;
+        let listener = UnixListener::from_std(listener).map_err(|e| io("register", e))?;
+        Ok(Listener::inherited(listener))
     }
 
     /// Where the socket is, for logs.
@@ -62,9 +78,10 @@ impl Drop for Listener {
     }
 }
 
-/// Binds `path`, creating its folder. A stale socket file (nobody answers)
-/// is replaced; a live one means another daemon, and is refused.
-fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+/// Binds `path` with permissions `mode` and group `gid`, creating its
+/// folder. A stale socket file (nobody answers) is replaced; a live one
+/// means another daemon, and is refused.
+fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<UnixListener, ServerError> {
     let io = |op, source| ServerError::Io {
         op,
         path: path.to_owned(),
@@ -97,14 +114,18 @@ fn bind(path: &Path) -> Result<UnixListener, ServerError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("stat", e)),
     }
-    // The umask keeps the socket closed to others from the moment it exists;
-    // a chmod after bind would leave a window where anyone could connect.
-    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o117));
+    // The umask keeps the socket as closed as `mode` from the moment it
+    // exists, and closed to the group until it is the right group: a chmod
+    // after bind would leave a window where anyone could connect.
+    let umask_bits = if gid.is_some() { 0o077 } else { !mode & 0o777 };
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask_bits));
     let bound = UnixListener::bind(path);
     nix::sys::stat::umask(umask);
     let listener = bound.map_err(|e| io("bind", e))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE))
-        .map_err(|e| io("chmod", e))?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| io("chgrp", e))?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| io("chmod", e))?;
     Ok(listener)
 }
 

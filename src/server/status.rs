@@ -111,7 +111,8 @@ fn store_code(err: &StoreError) -> Code {
     match err {
         StoreError::LimitExceeded { .. }
         | StoreError::NoSpace { .. }
-        | StoreError::TooManyLeases { .. } => Code::ResourceExhausted,
+        | StoreError::TooManyLeases { .. }
+        | StoreError::TooMuchLeased { .. } => Code::ResourceExhausted,
         StoreError::SizeMismatch { .. } | StoreError::DigestMismatch { .. } => Code::DataLoss,
         StoreError::NotCached { .. } => Code::NotFound,
         StoreError::Leased { .. } => Code::FailedPrecondition,

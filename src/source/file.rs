@@ -230,6 +230,12 @@ fn open_inside(
         Mode::empty(),
     )
     .map_err(|e| fail("open", e))?;
+    // INVARIANT: others may reach the root itself, through every folder
+    // above it, or a caller learns nothing of what it holds: a root in a
+    // folder closed to others is as closed as any folder below it.
+    if checked && !others_may_reach(&dir, &root.path).map_err(|e| fail("stat", e))? {
+        return Err(denied(NOT_PUBLIC.to_owned()));
+    }
     let (last, folders) = parts[depth..]
         .split_last()
         .ok_or_else(|| denied("not a file".to_owned()))?;
@@ -299,6 +305,21 @@ fn is_symlink(dir: &OwnedFd, name: &str) -> bool {
         .is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK)
 }
 
+/// Whether others may search the open root folder `dir` and every folder
+/// above it (`path` is canonical: no links on the way).
+fn others_may_reach(dir: &OwnedFd, path: &std::path::Path) -> Result<bool, Errno> {
+    if !others_may(dir, 0o001)? {
+        return Ok(false);
+    }
+    for folder in path.ancestors().skip(1) {
+        let stat = nix::sys::stat::stat(folder)?;
+        if stat.st_mode & 0o001 == 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Whether others have `bits` (of `0o007`) on the open file `fd`.
 fn others_may(fd: &OwnedFd, bits: nix::libc::mode_t) -> Result<bool, Errno> {
     let stat = nix::sys::stat::fstat(fd)?;
@@ -349,6 +370,9 @@ mod tests {
         std::os::unix::fs::symlink(&target, root.join("link")).unwrap();
         std::os::unix::fs::symlink("/nonexistent/x", root.join("dangling")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("outside"), root.join("dirlink")).unwrap();
+        // Others may reach the root (a temp folder is made 0700).
+        chmod(dir.path(), 0o755);
+        chmod(&root, 0o755);
         let root = fs::canonicalize(root).unwrap();
         (dir, root)
     }
@@ -471,6 +495,26 @@ mod tests {
         let (_dir, root) = layout();
         let err = open(&url(&root, "pub"), &roots(&root, false), ADMIN).unwrap_err();
         assert!(matches!(err, SourceError::InvalidUrl { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_root_others_cannot_reach_is_closed_to_them() {
+        let (dir, root) = layout();
+        let url = url(&root, "pub/open.bin");
+        assert!(open(&url, &roots(&root, false), OTHER).is_ok());
+        for closed in [root.as_path(), dir.path()] {
+            chmod(closed, 0o700);
+            for name in ["pub/open.bin", "pub/absent.bin", "secret.bin"] {
+                let err = open(&self::url(&root, name), &roots(&root, false), OTHER).unwrap_err();
+                assert!(err.to_string().contains(NOT_PUBLIC), "{name}: {err}");
+            }
+            assert!(open(&url, &roots(&root, false), ADMIN).is_ok());
+            assert!(
+                open(&url, &roots(&root, true), OTHER).is_ok(),
+                "a public root"
+            );
+            chmod(closed, 0o755);
+        }
     }
 
     #[test]

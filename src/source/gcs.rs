@@ -28,6 +28,7 @@ use tokio_stream::{Stream, StreamExt as _};
 use url::Url;
 
 use super::policy::SourcePolicy;
+use super::tls::CaBundle;
 
 use super::{Access, ByteStream, OpenFuture, Opened, Resume, Source, SourceError};
 
@@ -86,6 +87,18 @@ impl GcsSource {
     /// `anonymous`, else with Application Default Credentials.
     /// Buckets are held to no rules until [`GcsSource::with_policy`].
     pub fn new(emulator: Option<&str>, anonymous: bool) -> Result<GcsSource, SourceError> {
+        GcsSource::trusting(emulator, anonymous, &CaBundle::default())
+    }
+
+    /// [`GcsSource::new`], trusting `ca` on top of the system's roots (an
+    /// emulator or private endpoint behind a private CA, or a proxy that
+    /// inspects TLS). Requests go through the environment's proxies, like
+    /// the HTTP source's.
+    pub fn trusting(
+        emulator: Option<&str>,
+        anonymous: bool,
+        ca: &CaBundle,
+    ) -> Result<GcsSource, SourceError> {
         let (endpoint, auth) = match emulator {
             Some(host) if host.contains("://") => (host.to_owned(), Auth::Anonymous),
             Some(host) => (format!("http://{host}"), Auth::Anonymous),
@@ -97,7 +110,7 @@ impl GcsSource {
             reason: format!("GCS emulator address: {e}"),
         })?;
         Ok(GcsSource {
-            client: super::http::client()?,
+            client: super::http::client(ca)?,
             policy: Arc::default(),
             endpoint,
             auth,
@@ -114,14 +127,29 @@ impl GcsSource {
     /// `resume.validator` names still exists, else from the start of the
     /// current one. The reported size is the whole object's. CRC32C is
     /// checked only on reads from the start.
-    pub async fn read(&self, url: &Url, resume: Option<&Resume>) -> Result<Opened, SourceError> {
+    /// With the node's credentials, a caller other than an admin may read
+    /// only the buckets the operator allowed by name: the credentials may
+    /// reach buckets no caller could, and the cache is world-readable.
+    pub async fn read(
+        &self,
+        url: &Url,
+        resume: Option<&Resume>,
+        access: Access,
+    ) -> Result<Opened, SourceError> {
         let mut object = ObjectRef::parse(url)?;
+        let denied = |reason: String| SourceError::Denied {
+            url: super::redacted(url),
+            reason,
+        };
         self.policy
             .check_bucket(&object.bucket)
-            .map_err(|r| SourceError::Denied {
-                url: super::redacted(url),
-                reason: r.reason,
-            })?;
+            .map_err(|r| denied(r.reason))?;
+        if !access.admin && matches!(self.auth, Auth::Adc(_)) && !self.policy.names_buckets() {
+            return Err(denied(format!(
+                "gs:// is read with the node's credentials; a caller that is not an admin may read only buckets the operator allowed (--allow-source gs://{})",
+                object.bucket
+            )));
+        }
         let pinned = object.generation;
         let resume = resume.and_then(|r| Some((r.offset, r.validator.parse::<u64>().ok()?)));
         let meta = match resume {
@@ -328,15 +356,15 @@ impl GcsSource {
 }
 
 impl Source for GcsSource {
-    /// Who gave the URL does not matter here: the source policy judges
-    /// every caller's URL alike.
+    /// Who gave the URL matters only with the node's credentials (see
+    /// [`GcsSource::read`]).
     fn open<'a>(
         &'a self,
         url: &'a Url,
         resume: Option<&'a Resume>,
-        _access: Access,
+        access: Access,
     ) -> OpenFuture<'a> {
-        Box::pin(self.read(url, resume))
+        Box::pin(self.read(url, resume, access))
     }
 }
 
@@ -491,6 +519,31 @@ mod tests {
 
     fn parse(text: &str) -> Result<ObjectRef, SourceError> {
         ObjectRef::parse(&Url::parse(text).unwrap())
+    }
+
+    #[tokio::test]
+    async fn with_the_nodes_credentials_others_read_only_allowed_buckets() {
+        let url = Url::parse("gs://private/model.bin").unwrap();
+        let other = Access {
+            admin: false,
+            uid: 4242,
+            gid: 4242,
+        };
+        let source = GcsSource::new(None, false).unwrap();
+        let Err(err) = source.read(&url, None, other).await else {
+            panic!("read with the node's credentials for another user");
+        };
+        assert!(
+            err.to_string().contains("--allow-source gs://private"),
+            "{err}"
+        );
+        // Anonymous reads (public buckets) are anyone's: this one gets as far
+        // as the (absent) emulator.
+        let anonymous = GcsSource::new(Some("127.0.0.1:9"), false).unwrap();
+        let Err(err) = anonymous.read(&url, None, other).await else {
+            panic!("nothing listens on port 9");
+        };
+        assert!(!matches!(err, SourceError::Denied { .. }), "{err}");
     }
 
     #[test]

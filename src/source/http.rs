@@ -1,15 +1,19 @@
 //! `http://` and `https://`, through reqwest with rustls.
 //!
 //! Every URL a caller sends is held to the [`SourcePolicy`]: the URL before
-//! the request and at each redirect hop (by a redirect policy), and each
-//! address a host name resolves to (by the client's resolver, which drops
-//! refused addresses), so the addresses connected to are exactly those
-//! checked and a DNS answer that changes after a check cannot slip through.
-//! IP-literal hosts are not resolved; the URL check covers them.
+//! the request and at each redirect hop (redirects are followed here, one
+//! hop at a time, each routed on its own), and each address a host name
+//! resolves to (by the client's resolver, which drops refused addresses), so
+//! the addresses connected to are exactly those checked and a DNS answer
+//! that changes after a check cannot slip through. IP-literal hosts are not
+//! resolved; the URL check covers them.
 //!
-//! A proxy from `HTTP_PROXY`/`HTTPS_PROXY` is the operator's and trusted:
-//! with one, the target's name is resolved by the proxy, not here, so only
-//! the URL-level rules (IP literal, host, URL prefix) apply to it.
+//! A proxy from `HTTP_PROXY`/`HTTPS_PROXY` ([`Proxies`]) is the operator's
+//! and trusted: a URL it takes goes through a client whose resolver
+//! resolves the proxy's own name only, without the policy; the target's
+//! name is resolved by the proxy, so only the URL-level rules (IP literal,
+//! host, URL prefix, and `localhost` names) apply to it. URLs `NO_PROXY`
+//! keeps direct go through the guarded clients, as without a proxy.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,9 +22,11 @@ use std::time::Duration;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::{StatusCode, header};
 use tokio_stream::StreamExt as _;
-use url::{Host, Url};
+use url::Url;
 
 use super::policy::{self, Refused, SourcePolicy};
+use super::proxy::Proxies;
+use super::tls::CaBundle;
 use super::{Access, OpenFuture, Opened, Resume, Source, SourceError};
 
 /// Redirects followed before giving up: enough for CDNs and signed-URL
@@ -29,53 +35,97 @@ const MAX_REDIRECTS: usize = 10;
 /// Time to establish a connection (TCP and TLS).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Reads objects over HTTP(S). One client, so connections are reused; a
-/// second one for URLs under an allow rule's URL prefix on a host name,
-/// whose resolver lifts the default refusal for that host (so no pooled
-/// connection or resolver ever carries the lift to other URLs).
+/// Reads objects over HTTP(S). One client per route, each reused across
+/// requests: direct; direct for URLs under an allow rule's URL prefix on a
+/// host name, whose resolver lifts the default refusal for that host (so no
+/// pooled connection or resolver ever carries the lift to other URLs); and
+/// through the proxy.
 pub struct HttpSource {
     policy: Arc<SourcePolicy>,
-    client: reqwest::Client,
+    proxies: Arc<Proxies>,
+    direct: reqwest::Client,
     by_prefix: reqwest::Client,
+    proxied: reqwest::Client,
 }
 
 impl HttpSource {
     /// A source with bounded redirects and a connect timeout, held to
-    /// `policy`.
-    pub fn new(policy: Arc<SourcePolicy>) -> Result<HttpSource, SourceError> {
-        let client = guarded_client(&policy, false)?;
+    /// `policy`, going through `proxies` where they say, trusting `ca` on
+    /// top of the system's roots.
+    pub fn new(
+        policy: Arc<SourcePolicy>,
+        proxies: Arc<Proxies>,
+        ca: &CaBundle,
+    ) -> Result<HttpSource, SourceError> {
+        let direct = guarded_client(&policy, false, ca)?;
         let by_prefix = match policy.has_name_prefixes() {
-            true => guarded_client(&policy, true)?,
-            false => client.clone(),
+            true => guarded_client(&policy, true, ca)?,
+            false => direct.clone(),
+        };
+        let proxied = match proxies.any() {
+            true => proxied_client(&proxies, ca)?,
+            false => direct.clone(),
         };
         Ok(HttpSource {
             policy,
-            client,
+            proxies,
+            direct,
             by_prefix,
+            proxied,
+        })
+    }
+
+    /// The client for `url` (the caller's or a redirect hop's), once the
+    /// policy allows it at the URL level.
+    fn route(&self, url: &Url) -> Result<&reqwest::Client, Refused> {
+        self.policy.check_url(url)?;
+        if self.proxies.intercepts(url) {
+            self.policy.check_proxied(url)?;
+            return Ok(&self.proxied);
+        }
+        Ok(match self.policy.allowed_by_prefix(url) {
+            true => &self.by_prefix,
+            false => &self.direct,
         })
     }
 
     async fn get(&self, url: &Url, resume: Option<&Resume>) -> Result<Opened, SourceError> {
-        self.policy.check_url(url).map_err(|r| denied(url, r))?;
-        let client = match self.policy.allowed_by_prefix(url) {
-            true => &self.by_prefix,
-            false => &self.client,
+        let mut at = url.clone();
+        let mut hops = 0;
+        let response = loop {
+            let client = self.route(&at).map_err(|r| denied(url, r))?;
+            let mut request = client.get(at.clone());
+            if let Some(resume) = resume {
+                // If-Range: the server sends the rest only if the object is
+                // still the version we began with, else the whole new one (200).
+                request = request
+                    .header(header::RANGE, format!("bytes={}-", resume.offset))
+                    .header(header::IF_RANGE, &resume.validator);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| match policy::refusal(&e) {
+                    Some(refused) => denied(url, refused.clone()),
+                    None => SourceError::reqwest(url, e),
+                })?;
+            let next = match redirect(&at, &response) {
+                None => break response,
+                Some(next) => next,
+            };
+            let fail = |detail: String| SourceError::Transport {
+                url: super::redacted(url),
+                detail,
+                retryable: false,
+            };
+            if hops == MAX_REDIRECTS {
+                return Err(fail(format!(
+                    "too many redirects (more than {MAX_REDIRECTS})"
+                )));
+            }
+            hops += 1;
+            at = next.map_err(fail)?;
         };
-        let mut request = client.get(url.clone());
-        if let Some(resume) = resume {
-            // If-Range: the server sends the rest only if the object is still
-            // the version we began with, else the whole new one (200).
-            request = request
-                .header(header::RANGE, format!("bytes={}-", resume.offset))
-                .header(header::IF_RANGE, &resume.validator);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| match policy::refusal(&e) {
-                Some(refused) => denied(url, refused.clone()),
-                None => SourceError::reqwest(url, e),
-            })?;
         let status = response.status();
         let (offset, size) = match (status, resume) {
             (StatusCode::PARTIAL_CONTENT, Some(resume)) => (
@@ -105,6 +155,27 @@ impl HttpSource {
             body: Box::pin(body),
         })
     }
+}
+
+/// Where a redirect `response` to a request for `at` leads, if it is one
+/// (301, 302, 303, 307, 308 with a `Location`); an error text when that is
+/// not a URL to follow.
+fn redirect(at: &Url, response: &reqwest::Response) -> Option<Result<Url, String>> {
+    if !matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+        return None;
+    }
+    let location = response.headers().get(header::LOCATION)?;
+    let next = location
+        .to_str()
+        .ok()
+        .and_then(|l| at.join(l).ok())
+        .ok_or_else(|| "a redirect with a malformed Location".to_owned());
+    Some(next.and_then(|next| match next.scheme() {
+        "http" | "https" => Ok(next),
+        other => Err(format!(
+            "a redirect to a {other}:// URL; only http and https redirects are followed"
+        )),
+    }))
 }
 
 impl Source for HttpSource {
@@ -193,47 +264,28 @@ fn denied(url: &Url, refused: Refused) -> SourceError {
     }
 }
 
-/// A client for caller URLs: its resolver and redirect policy hold every
-/// hop to `policy`; `by_prefix` for URLs under an allow rule's URL prefix.
+/// A direct client for caller URLs: its resolver holds every address to
+/// `policy`; `by_prefix` for URLs under an allow rule's URL prefix.
 fn guarded_client(
     policy: &Arc<SourcePolicy>,
     by_prefix: bool,
+    ca: &CaBundle,
 ) -> Result<reqwest::Client, SourceError> {
     let resolver = GuardedResolver {
         policy: policy.clone(),
         by_prefix,
     };
-    let hops = policy.clone();
-    let redirect = reqwest::redirect::Policy::custom(move |attempt| {
-        // `previous` starts with the first URL, which is not a redirect.
-        if attempt.previous().len() > MAX_REDIRECTS {
-            return attempt.error("too many redirects");
-        }
-        match check_hop(&hops, attempt.url(), by_prefix) {
-            Ok(()) => attempt.follow(),
-            Err(refused) => attempt.error(refused),
-        }
-    });
-    build(client_builder().redirect(redirect).dns_resolver(resolver))
+    build(client_builder(ca).no_proxy().dns_resolver(resolver))
 }
 
-/// A redirect hop's URL. Under a URL-prefix lift, a hop to that prefix's
-/// host outside every allowed prefix is refused here: the resolver would
-/// lift the refusal for the host, not knowing the URL.
-fn check_hop(policy: &SourcePolicy, url: &Url, by_prefix: bool) -> Result<(), Refused> {
-    policy.check_url(url)?;
-    match url.host() {
-        Some(Host::Domain(name))
-            if by_prefix && policy.is_prefix_name(name) && !policy.allowed_by_prefix(url) =>
-        {
-            Err(Refused {
-                reason: format!(
-                    "a redirect to {name} outside the --allow-source URL prefixes for it is refused"
-                ),
-            })
-        }
-        _ => Ok(()),
-    }
+/// A client for caller URLs the proxies take (reqwest reads the same
+/// variables as [`Proxies`]): its resolver resolves the proxies' own names
+/// and nothing else, so it can never lift the policy for a target.
+fn proxied_client(proxies: &Proxies, ca: &CaBundle) -> Result<reqwest::Client, SourceError> {
+    let resolver = ProxyResolver {
+        names: proxies.names().to_vec(),
+    };
+    build(client_builder(ca).dns_resolver(resolver))
 }
 
 /// Resolves with the system resolver, then keeps only the addresses the
@@ -270,16 +322,46 @@ impl Resolve for GuardedResolver {
     }
 }
 
-/// An HTTP client for an endpoint the operator configured (trusted: no
-/// policy), with assetd's user agent and connect timeout and no redirects.
-pub(super) fn client() -> Result<reqwest::Client, SourceError> {
-    build(client_builder().redirect(reqwest::redirect::Policy::none()))
+/// Resolves the proxies' host names (the operator's, trusted: no policy);
+/// any other name is refused, as only the proxy is connected to.
+struct ProxyResolver {
+    names: Vec<String>,
 }
 
-fn client_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
+impl Resolve for ProxyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let name = name.as_str().to_owned();
+        let is_proxy = self.names.iter().any(|n| n.eq_ignore_ascii_case(&name));
+        Box::pin(async move {
+            if !is_proxy {
+                let refused = Refused {
+                    reason: format!("{name} is not a proxy; only the proxy is connected to"),
+                };
+                return Err(refused.into());
+            }
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            Ok(Box::new(found.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// An HTTP client for an endpoint the operator configured (trusted: no
+/// policy), with assetd's user agent and connect timeout, trusting `ca`,
+/// through the environment's proxies.
+pub(super) fn client(ca: &CaBundle) -> Result<reqwest::Client, SourceError> {
+    build(client_builder(ca))
+}
+
+/// assetd's user agent and connect timeout, `ca` on top of the system's
+/// roots, and no redirects (the HTTP source follows them itself; GCS
+/// sends none).
+fn client_builder(ca: &CaBundle) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder()
         .user_agent(concat!("assetd/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(CONNECT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none());
+    ca.apply(builder)
 }
 
 fn build(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, SourceError> {

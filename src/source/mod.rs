@@ -9,6 +9,8 @@ pub(crate) mod file;
 pub(crate) mod gcs;
 pub(crate) mod http;
 pub mod policy;
+pub mod proxy;
+pub mod tls;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -26,6 +28,8 @@ pub use file::{FileRoot, FileSource};
 pub use gcs::GcsSource;
 pub use http::HttpSource;
 pub use policy::{SourcePolicy, SourceRule};
+pub use proxy::Proxies;
+pub use tls::CaBundle;
 
 /// The longest URL a request may carry, in bytes. Real URLs, signed ones
 /// included, stay well under it; far longer ones are refused at the edge
@@ -139,11 +143,18 @@ pub enum SourceError {
     },
 }
 
-/// `url` fit for logs and messages: query values and passwords hidden, as
-/// they often carry signatures (signed URLs) or credentials.
+/// `url` fit for logs, messages and metadata: user name and password gone,
+/// query values hidden (a query part with no `=` is hidden whole), and an
+/// `http(s)` fragment dropped, as they often carry signatures (signed URLs)
+/// or credentials. A `gs://` fragment is a generation and is kept.
 pub fn redacted(url: &Url) -> String {
+    let keep_fragment = url.scheme() == "gs";
     // Most URLs carry none of these: no copy and reparse for them.
-    if url.username().is_empty() && url.password().is_none() && url.query().is_none() {
+    if url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && (url.fragment().is_none() || keep_fragment)
+    {
         return url.as_str().to_owned();
     }
     let mut shown = url.clone();
@@ -151,12 +162,31 @@ pub fn redacted(url: &Url) -> String {
     let _ = shown.set_password(None);
     let _ = shown.set_username("");
     shown.set_query(None);
-    let fragment = shown.fragment().map(str::to_owned);
+    let fragment = shown
+        .fragment()
+        .filter(|_| keep_fragment)
+        .map(str::to_owned);
     shown.set_fragment(None);
     let mut text = shown.to_string();
-    if url.query().is_some() {
-        let keys: Vec<String> = url.query_pairs().map(|(k, _)| format!("{k}=…")).collect();
-        text = format!("{text}?{}", keys.join("&"));
+    if let Some(query) = url.query() {
+        let parts: Vec<&str> = query
+            .split('&')
+            .map(|part| match part.split_once('=') {
+                Some((key, _)) => key,
+                None => "",
+            })
+            .collect();
+        let shown: Vec<String> = parts
+            .iter()
+            .map(|key| {
+                if key.is_empty() {
+                    "…".to_owned()
+                } else {
+                    format!("{key}=…")
+                }
+            })
+            .collect();
+        text = format!("{text}?{}", shown.join("&"));
     }
     if let Some(fragment) = fragment {
         text = format!("{text}#{fragment}");
@@ -225,9 +255,13 @@ impl SourceError {
     }
 
     /// A reqwest failure: retryable unless it is about the request itself
-    /// (a redirect loop, a malformed response).
+    /// (a redirect loop, a malformed response) or TLS refused the server's
+    /// certificate (that takes the operator or the server to change).
     pub fn reqwest(url: &Url, err: reqwest::Error) -> SourceError {
-        let retryable = !(err.is_redirect() || err.is_builder() || err.is_decode());
+        let retryable = !(err.is_redirect()
+            || err.is_builder()
+            || err.is_decode()
+            || tls::is_certificate_error(&err));
         // The error's own text names the URL in full: leave it out.
         SourceError::transport(url, &err.without_url(), retryable)
     }
@@ -353,16 +387,21 @@ impl Sources {
     /// `gcs_anonymous`) and `file` (only inside `file_roots`, see
     /// [`FileSource`]). `policy`
     /// holds the URLs callers send over `http(s)` and the buckets of `gs://`.
+    /// `http(s)` and `gs://` go through `proxies` where they say (reqwest
+    /// reads the same variables) and trust `ca` on top of the system's roots.
     pub fn new(
         file_roots: Vec<FileRoot>,
         gcs_emulator: Option<&str>,
         gcs_anonymous: bool,
         policy: SourcePolicy,
+        proxies: Proxies,
+        ca: &CaBundle,
     ) -> Result<Sources, SourceError> {
         let policy = Arc::new(policy);
-        let http: Arc<dyn Source> = Arc::new(HttpSource::new(policy.clone())?);
-        let gcs: Arc<dyn Source> =
-            Arc::new(GcsSource::new(gcs_emulator, gcs_anonymous)?.with_policy(policy));
+        let http: Arc<dyn Source> =
+            Arc::new(HttpSource::new(policy.clone(), Arc::new(proxies), ca)?);
+        let gcs = GcsSource::trusting(gcs_emulator, gcs_anonymous, ca)?;
+        let gcs: Arc<dyn Source> = Arc::new(gcs.with_policy(policy));
         let file: Arc<dyn Source> = Arc::new(FileSource::new(file_roots));
         let by_scheme = HashMap::from([
             ("http", http.clone()),
@@ -396,7 +435,15 @@ mod tests {
 
     #[test]
     fn resolve_refuses_malformed_urls_and_unknown_schemes() {
-        let sources = Sources::new(Vec::new(), None, true, SourcePolicy::default()).unwrap();
+        let sources = Sources::new(
+            Vec::new(),
+            None,
+            true,
+            SourcePolicy::default(),
+            Proxies::default(),
+            &CaBundle::default(),
+        )
+        .unwrap();
         let err = SourceUrl::parse("not a url").err().unwrap();
         assert!(matches!(err, SourceError::InvalidUrl { .. }), "{err}");
         assert!(err.to_string().contains("\"not a url\""), "{err}");
@@ -431,8 +478,16 @@ mod tests {
     #[test]
     fn redaction_hides_userinfo_and_query_values() {
         let url = SourceUrl::parse("https://TOKEN:pw@h/x?sig=abc&v=1#frag").unwrap();
-        assert_eq!(url.redacted(), "https://h/x?sig=…&v=…#frag");
+        assert_eq!(url.redacted(), "https://h/x?sig=…&v=…");
         let plain = SourceUrl::parse("https://h/x").unwrap();
         assert_eq!(plain.redacted(), "https://h/x");
+        // A bare token in the query, or one in the fragment, is hidden too.
+        let bare = SourceUrl::parse("http://h/a?AKIA_SECRET&sig=abc#frag-secret").unwrap();
+        assert_eq!(bare.redacted(), "http://h/a?…&sig=…");
+        let fragment = SourceUrl::parse("https://h/a#token").unwrap();
+        assert_eq!(fragment.redacted(), "https://h/a");
+        // A gs:// fragment is a generation: kept.
+        let gs = SourceUrl::parse("gs://b/o#1234").unwrap();
+        assert_eq!(gs.redacted(), "gs://b/o#1234");
     }
 }

@@ -13,7 +13,9 @@
 //! (before the request and at every redirect hop) and to every address its
 //! resolver returns, so the address connected to is the one checked. This
 //! module must not resolve or connect. Endpoints the operator configured
-//! (a GCS endpoint or emulator, a proxy) are not subject to it.
+//! (a GCS endpoint or emulator, a proxy) are not subject to it; a URL that
+//! goes through a proxy is checked at the URL level only (the proxy
+//! resolves its name), see [`SourcePolicy::check_proxied`].
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -53,8 +55,8 @@ enum RuleKind {
     Net(Net),
     /// A host name, exact, or any name under it (`*.example.com`).
     Host { name: String, subdomains: bool },
-    /// URLs under a prefix: same scheme, host and port, and a path that
-    /// starts with `path`.
+    /// URLs under a prefix: same scheme, host and port, and a path under
+    /// `path` (see [`path_under`]).
     Prefix {
         scheme: String,
         host: Host<String>,
@@ -275,7 +277,9 @@ impl SourceRule {
         matches!(&self.kind, RuleKind::Net(net) if net.contains(ip))
     }
 
-    fn matches_url(&self, url: &Url) -> bool {
+    /// Whether the rule covers `url`; `deny` for a deny rule, which takes
+    /// a path in either reading (see [`path_under`]).
+    fn matches_url(&self, url: &Url, deny: bool) -> bool {
         match (&self.kind, url.host()) {
             (
                 RuleKind::Prefix {
@@ -289,7 +293,7 @@ impl SourceRule {
                 url.scheme() == scheme
                     && h.to_owned() == *host
                     && url.port_or_known_default() == *port
-                    && url.path().starts_with(path.as_str())
+                    && path_under(path, url.path(), deny)
             }
             (_, Some(Host::Domain(name))) => self.matches_name(name),
             (_, Some(Host::Ipv4(ip))) => self.matches_ip(IpAddr::V4(ip)),
@@ -308,6 +312,49 @@ impl SourceRule {
             _ => None,
         }
     }
+}
+
+/// Whether the URL path `path` (as sent, percent-encoded) is under the
+/// prefix path `prefix`. A server may decode `%2f` (or `%5c`) into a
+/// separator and then resolve `..`, so a path is read two ways: as sent,
+/// and decoded with its dot segments resolved. An allow rule needs both
+/// under it (`/assets/..%2fsecret` is not under `/assets/`), a deny rule
+/// either. "Under" is by whole segments: `/assets` covers `/assets/x`, not
+/// `/assets-private`.
+fn path_under(prefix: &str, path: &str, deny: bool) -> bool {
+    let under = |path: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
+    };
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let resolved = resolve_dots(&decoded.replace('\\', "/"));
+    if deny {
+        under(path) || under(&resolved)
+    } else {
+        under(path) && under(&resolved)
+    }
+}
+
+/// `path` with its `.` and `..` segments resolved (RFC 3986 5.2.4).
+fn resolve_dots(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." | ".." => {
+                if *segment == ".." && out.len() > 1 {
+                    out.pop();
+                }
+                // A trailing dot segment leaves the path ending in `/`.
+                if i == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    out.join("/")
 }
 
 /// The allow- and deny-lists. Without rules, only the default refusal
@@ -329,7 +376,7 @@ impl SourcePolicy {
     /// is checked again on each address it resolves to, see
     /// [`SourcePolicy::check_resolved`]). Errors: [`Refused`] naming the rule.
     pub fn check_url(&self, url: &Url) -> Result<(), Refused> {
-        if let Some(rule) = self.deny.iter().find(|r| r.matches_url(url)) {
+        if let Some(rule) = self.deny.iter().find(|r| r.matches_url(url, true)) {
             return Err(denied_by(rule));
         }
         let ip = match url.host() {
@@ -337,11 +384,42 @@ impl SourcePolicy {
             Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
             _ => return Ok(()),
         };
-        if self.allow.iter().any(|r| r.matches_url(url)) {
+        if self.allow.iter().any(|r| r.matches_url(url, false)) {
             return Ok(());
         }
         refused_by_default(ip).map_or(Ok(()), |class| {
             Err(default_refusal(&format!("{ip} is"), class))
+        })
+    }
+
+    /// Checks an `http(s)` URL that goes through a proxy, after
+    /// [`SourcePolicy::check_url`]: the proxy resolves its host name, so no
+    /// address is checked here, but the names that always mean this host
+    /// (`localhost`, `*.localhost`, RFC 6761) are held to the loopback
+    /// refusal, which an allow rule for the name, its URL prefix or
+    /// `127.0.0.1` lifts: a proxy on the node would otherwise reach its
+    /// loopback services for any caller.
+    pub fn check_proxied(&self, url: &Url) -> Result<(), Refused> {
+        let Some(Host::Domain(name)) = url.host() else {
+            return Ok(());
+        };
+        let name = normal_name(name);
+        if name != "localhost" && !name.ends_with(".localhost") {
+            return Ok(());
+        }
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        if let Some(rule) = self.deny.iter().find(|r| r.matches_ip(lo)) {
+            return Err(denied_by(rule));
+        }
+        if self
+            .allow
+            .iter()
+            .any(|r| r.matches_url(url, false) || r.matches_ip(lo))
+        {
+            return Ok(());
+        }
+        refused_by_default(lo).map_or(Ok(()), |class| {
+            Err(default_refusal(&format!("{name} is"), class))
         })
     }
 
@@ -350,18 +428,12 @@ impl SourcePolicy {
     pub fn allowed_by_prefix(&self, url: &Url) -> bool {
         self.allow
             .iter()
-            .any(|r| r.prefix_name().is_some() && r.matches_url(url))
+            .any(|r| r.prefix_name().is_some() && r.matches_url(url, false))
     }
 
     /// Whether any allow rule is a URL prefix on a host name.
     pub fn has_name_prefixes(&self) -> bool {
         self.allow.iter().any(|r| r.prefix_name().is_some())
-    }
-
-    /// Whether `name` is the host of an allow rule's URL prefix.
-    pub fn is_prefix_name(&self, name: &str) -> bool {
-        let name = normal_name(name);
-        self.allow.iter().any(|r| r.prefix_name() == Some(&name))
     }
 
     /// Checks one address `name` resolved to: deny rules, then the default
@@ -385,6 +457,13 @@ impl SourcePolicy {
             true => Ok(()),
             false => Err(default_refusal(&format!("{name} resolves to {ip},"), class)),
         }
+    }
+
+    /// Whether an allow rule names a bucket (then only those are read).
+    pub fn names_buckets(&self) -> bool {
+        self.allow
+            .iter()
+            .any(|r| matches!(r.kind, RuleKind::Bucket(_)))
     }
 
     /// Checks a `gs://` bucket: deny rules, then, when any allow rule names
@@ -629,7 +708,7 @@ mod tests {
         let p = policy(&["http://localhost:8000/"], &[]);
         assert!(p.check_resolved("localhost", lo, false).is_err());
         assert!(p.check_resolved("localhost", lo, true).is_ok());
-        assert!(p.is_prefix_name("localhost") && p.has_name_prefixes());
+        assert!(p.has_name_prefixes());
         assert!(p.allowed_by_prefix(&Url::parse("http://localhost:8000/x").unwrap()));
         assert!(!p.allowed_by_prefix(&Url::parse("http://localhost:8001/x").unwrap()));
         let p = policy(&["localhost"], &["127.0.0.0/8"]);
@@ -637,6 +716,48 @@ mod tests {
         assert!(
             reason.ends_with("denied by --deny-source 127.0.0.0/8"),
             "{reason}"
+        );
+    }
+
+    #[test]
+    fn through_a_proxy_localhost_names_are_loopback() {
+        let p = SourcePolicy::default();
+        for url in [
+            "http://localhost:22/x",
+            "https://LOCALHOST./x",
+            "http://a.b.localhost/x",
+        ] {
+            let reason = p
+                .check_proxied(&Url::parse(url).unwrap())
+                .unwrap_err()
+                .reason;
+            assert!(
+                reason.ends_with(
+                    "is a loopback address, refused by default; allow it with --allow-source 127.0.0.0/8"
+                ),
+                "{url}: {reason}"
+            );
+        }
+        let ok = |p: &SourcePolicy, url: &str| p.check_proxied(&Url::parse(url).unwrap());
+        assert!(ok(&p, "http://notlocalhost/x").is_ok());
+        assert!(ok(&p, "http://example.com/x").is_ok());
+        for allow in ["127.0.0.0/8", "localhost", "http://localhost:8080/ok/"] {
+            let p = policy(&[allow], &[]);
+            assert!(ok(&p, "http://localhost:8080/ok/a").is_ok(), "{allow}");
+        }
+        assert!(
+            ok(
+                &policy(&["http://localhost:8080/ok/"], &[]),
+                "http://localhost:8080/no"
+            )
+            .is_err()
+        );
+        let p = policy(&["localhost"], &["127.0.0.1"]);
+        assert!(
+            ok(&p, "http://localhost/")
+                .unwrap_err()
+                .reason
+                .contains("--deny-source")
         );
     }
 
@@ -668,5 +789,59 @@ mod tests {
         }));
         assert_eq!(refusal(&err).map(|r| r.reason.as_str()), Some("no"));
         assert!(refusal(&std::io::Error::other("x")).is_none());
+    }
+
+    #[test]
+    fn a_prefix_covers_whole_segments_read_both_ways() {
+        let rule = |text: &str| -> SourceRule { text.parse().unwrap() };
+        let p = SourcePolicy::new(
+            vec![
+                rule("http://127.0.0.1:8080/assets/"),
+                rule("http://127.0.0.1:8080/pub"),
+            ],
+            vec![rule("http://127.0.0.1:8080/assets/private/")],
+        );
+        let check = |u: &str| p.check_url(&Url::parse(u).unwrap()).map_err(|e| e.reason);
+        assert!(check("http://127.0.0.1:8080/assets/a.img").is_ok());
+        assert!(check("http://127.0.0.1:8080/pub/a.img").is_ok());
+        assert!(check("http://127.0.0.1:8080/pub").is_ok());
+        for escape in [
+            "http://127.0.0.1:8080/assets/..%2fsecret.txt",
+            "http://127.0.0.1:8080/assets/..%2Fsecret.txt",
+            "http://127.0.0.1:8080/assets/x/..%2f..%2fsecret.txt",
+            "http://127.0.0.1:8080/assets/..%5csecret.txt",
+            "http://127.0.0.1:8080/assets/%2e%2e%2fsecret.txt",
+            "http://127.0.0.1:8080/pub-private/a.img",
+            "http://127.0.0.1:8080/pubx",
+        ] {
+            let err = check(escape).expect_err(escape);
+            assert!(err.contains("loopback"), "{escape}: {err}");
+        }
+        // A deny prefix catches the path either way it may be read.
+        for denied in [
+            "http://127.0.0.1:8080/assets/private/k",
+            "http://127.0.0.1:8080/assets/x/..%2fprivate/k",
+            "http://127.0.0.1:8080/assets/PRIVATE/../private/k",
+        ] {
+            let err = check(denied).expect_err(denied);
+            assert!(err.contains("--deny-source"), "{denied}: {err}");
+        }
+        // An encoded separator that stays under the prefix is fine.
+        assert!(check("http://127.0.0.1:8080/assets/dir%2Fa.img").is_ok());
+    }
+
+    #[test]
+    fn dot_segments_resolve_as_a_server_would() {
+        for (path, resolved) in [
+            ("/a/../b", "/b"),
+            ("/a/./b", "/a/b"),
+            ("/..", "/"),
+            ("/../../x", "/x"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/a//b", "/a//b"),
+        ] {
+            assert_eq!(resolve_dots(path), resolved, "{path}");
+        }
     }
 }

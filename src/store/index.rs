@@ -143,6 +143,10 @@ impl Index {
         self.entries.get(digest)
     }
 
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Entries after `after`, in digest order.
     pub fn range_after(
         &self,
@@ -213,6 +217,20 @@ impl Index {
                 .pins
                 .retain(|p| p.lease != lease || owner.is_some_and(|o| o != p.owner));
         }
+    }
+
+    /// Bytes of the assets `owner` holds a live pin on, and whether
+    /// `digest` is among them.
+    pub fn pinned_bytes_of(&self, owner: u32, now: u64, digest: &Digest) -> (u64, bool) {
+        let mut bytes = 0;
+        let mut has = false;
+        for (d, entry) in &self.entries {
+            if entry.pins.iter().any(|p| p.owner == owner && p.holds(now)) {
+                bytes += entry.size;
+                has |= d == digest;
+            }
+        }
+        (bytes, has)
     }
 
     /// How many pins `owner` holds at `now` (lapsed ones hold nothing).

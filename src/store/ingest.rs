@@ -264,7 +264,7 @@ impl Store {
             // Committed meanwhile by another transfer (whose callers all left
             // while it published): keep that file, its entry and its pins;
             // these bytes are the same.
-            if let Some(blob) = self.lookup(&digest, url) {
+            if let Some(blob) = self.lookup_from(&digest, url) {
                 return Ok(blob);
             }
             let file: File = temp

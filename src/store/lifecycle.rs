@@ -17,6 +17,7 @@ use super::index::{Entry, Refusal, Removal, eviction_order};
 use super::layout::{self, Found};
 use super::meta::{Pin, now_ms};
 use super::{Blob, Store, StoreError, fsync_dir};
+use crate::config::MinFree;
 use crate::digest::Digest;
 
 /// One cached asset with its metadata, for admins.
@@ -93,6 +94,16 @@ pub struct Corrupt {
     pub quarantined: std::path::PathBuf,
 }
 
+/// What one user (not an admin) may hold under lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseCap {
+    /// Pins.
+    pub pins: usize,
+    /// Bytes of the assets pinned: a size, or a share of the store's file
+    /// system.
+    pub bytes: MinFree,
+}
+
 impl Store {
     /// One asset with its metadata; `None` when it is not cached. Memory only.
     pub fn info(&self, digest: &Digest) -> Option<AssetInfo> {
@@ -148,11 +159,19 @@ impl Store {
         }
     }
 
+    /// How many assets and bytes are cached. Memory only.
+    pub fn totals(&self) -> (usize, u64) {
+        let index = self.index();
+        (index.len(), index.bytes())
+    }
+
     /// Pins `digest` for `owner`'s `lease` until `expires` (Unix ms), or
     /// for ever, if it is cached: `Ok(false)` when it is not (the caller
     /// fetches it again). With a `cap`, a new pin (not the renewal of one
     /// `owner` holds) is refused with [`StoreError::TooManyLeases`] when
-    /// `owner` holds `cap` pins already, and nothing changes. Once this
+    /// `owner` holds `cap.pins` pins already, and a pin on an asset `owner`
+    /// pins no other way with [`StoreError::TooMuchLeased`] when it would
+    /// take `owner` past `cap.bytes`; nothing changes then. Once this
     /// returns `Ok(true)` no delete (short of a forced one) or eviction
     /// removes the asset while the pin holds. Blocking: the pin is durable
     /// when this returns.
@@ -162,9 +181,14 @@ impl Store {
         lease: &str,
         owner: u32,
         expires: Option<u64>,
-        cap: Option<usize>,
+        cap: Option<LeaseCap>,
     ) -> Result<bool, StoreError> {
         self.heal_meta()?;
+        let max_bytes = match cap.map(|c| c.bytes) {
+            Some(MinFree::Bytes(n)) => Some(n),
+            Some(MinFree::Percent(p)) => Some(self.space()?.1 / 100 * u64::from(p)),
+            Some(MinFree::None) | None => None,
+        };
         let _leases = self.leases();
         let previous = {
             let mut index = self.index();
@@ -173,15 +197,28 @@ impl Store {
             };
             let previous = entry.pins.iter().find(|p| p.is(lease, owner)).cloned();
             let now = now_ms();
+            let size = entry.size;
             if let Some(cap) = cap
                 && !previous.as_ref().is_some_and(|p| p.holds(now))
             {
                 let held = index.pins_of(owner, now);
-                if held >= cap {
+                if held >= cap.pins {
                     return Err(StoreError::TooManyLeases {
                         uid: owner,
                         held,
-                        cap,
+                        cap: cap.pins,
+                    });
+                }
+                let (held, has) = index.pinned_bytes_of(owner, now, digest);
+                if let Some(max) = max_bytes
+                    && !has
+                    && held.saturating_add(size) > max
+                {
+                    return Err(StoreError::TooMuchLeased {
+                        uid: owner,
+                        held,
+                        size,
+                        cap: max,
                     });
                 }
             }

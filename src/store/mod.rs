@@ -48,7 +48,7 @@ use crate::digest::Digest;
 use index::{Entry, Index};
 pub use ingest::Ingest;
 pub use layout::Unsafe;
-pub use lifecycle::{Actual, AssetInfo, Corrupt, EvictPolicy, ListQuery};
+pub use lifecycle::{Actual, AssetInfo, Corrupt, EvictPolicy, LeaseCap, ListQuery};
 pub use meta::{MetaError, Pin, Record, now_ms};
 
 /// A store failure, naming what failed.
@@ -106,6 +106,22 @@ pub enum StoreError {
         held: usize,
         /// The cap.
         cap: usize,
+    },
+    /// A user's pins would hold more bytes than it may; the asset was not
+    /// pinned.
+    #[error(
+        "uid {uid} holds {held} bytes under lease; {size} more would pass the most a user may hold \
+         (--max-leased-bytes-per-uid: {cap} bytes); release some first"
+    )]
+    TooMuchLeased {
+        /// The user.
+        uid: u32,
+        /// Bytes of the assets it pins now.
+        held: u64,
+        /// The asset's size.
+        size: u64,
+        /// The cap, in bytes.
+        cap: u64,
     },
     /// Another process holds the root's lock.
     #[error("{path} is in use by another assetd (its lock is held)")]
@@ -265,10 +281,17 @@ impl Store {
         index.get(digest).map(|e| self.blob(digest, e))
     }
 
-    /// A hit: the cached asset `digest`, noting a use from `url` (redacted)
-    /// now; `None` when not cached. Memory only: the use reaches `meta.redb`
-    /// at the next [`Store::flush_uses`].
-    pub fn lookup(&self, digest: &Digest, url: &str) -> Option<Blob> {
+    /// A hit: the cached asset `digest`, noting a use now; `None` when not
+    /// cached. Memory only: the use reaches `meta.redb` at the next
+    /// [`Store::flush_uses`]. The caller's URL is not recorded: nothing was
+    /// read from it, and anyone may name any URL.
+    pub fn lookup(&self, digest: &Digest) -> Option<Blob> {
+        self.lookup_from(digest, "")
+    }
+
+    /// The same, noting `url` (redacted) as a source of the asset: for a
+    /// transfer from `url` that brought these bytes.
+    fn lookup_from(&self, digest: &Digest, url: &str) -> Option<Blob> {
         let mut index = self.index();
         let entry = index.touch(digest, url, now_ms())?;
         Some(Blob {

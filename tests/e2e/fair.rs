@@ -326,3 +326,102 @@ async fn a_quiet_call_longer_than_the_idle_timeout_is_not_cut() {
     assert_eq!(done.digest, digest);
     assert!(!done.cache_hit);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_stuck_source_does_not_hold_up_my_fetch() {
+    if !root_or_skip() {
+        return;
+    }
+    let http = HttpServer::start().await;
+    let body = random_bytes(64 << 10, 622);
+    let digest = digest_of(&body);
+    let gate = crate::common::http::Gate::default();
+    let stuck = http.route("/stuck", Reply::held(&gate, Reply::Body(body.clone())));
+    let good = http.route("/good", Reply::Body(body.clone()));
+    let daemon = TestDaemon::start_with(&["--stall-timeout", "60s"]);
+    daemon.open_to_everyone();
+    let mut theirs = fetch_as_nobody(&daemon, &stuck, &digest);
+    wait_until(Duration::from_secs(10), "their transfer asks", || {
+        http.requests_to("/stuck") == 1
+    })
+    .await;
+
+    // Root's fetch of the same digest, from a source that works, is not
+    // queued behind the other user's URL.
+    let mut client = daemon.client().await;
+    let mine = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.fetch(fetch_req(&good, &digest, "")),
+    )
+    .await
+    .expect("held up by another user's transfer")
+    .unwrap()
+    .into_inner();
+    assert!(!mine.cache_hit);
+    assert_eq!(http.requests_to("/good"), 1);
+
+    // Theirs still runs on its own, then finds the asset in place.
+    gate.open();
+    assert!(theirs.wait().unwrap().success());
+    daemon.wait_ingest_empty(Duration::from_secs(5)).await;
+    assert_eq!(daemon.blobs().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_carries_at_most_64_calls_and_requests_of_256_kib() {
+    let http = HttpServer::start().await;
+    let body = random_bytes(64 << 10, 623);
+    let digest = digest_of(&body);
+    let gate = crate::common::http::Gate::default();
+    let url = http.route("/held", Reply::held(&gate, Reply::Body(body)));
+    let daemon = TestDaemon::start();
+    // 70 calls on one connection that has the daemon's settings: 64 reach
+    // the daemon, the rest wait in the client for a stream.
+    let channel = crate::common::channel(&daemon.socket).await;
+    assetd::proto::assets_client::AssetsClient::new(channel.clone())
+        .list(assetd::proto::ListRequest::default())
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..70)
+        .map(|_| {
+            let mut client = assetd::proto::assets_client::AssetsClient::new(channel.clone());
+            let request = fetch_req(&url, &digest, "");
+            tokio::spawn(async move { client.fetch(request).await })
+        })
+        .collect();
+    let mut admin = daemon.client().await;
+    let mut callers = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while callers < 64 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let transfers = admin
+            .list_transfers(assetd::proto::ListTransfersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .transfers;
+        callers = transfers.first().map_or(0, |t| t.callers);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let transfers = admin
+        .list_transfers(assetd::proto::ListTransfersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .transfers;
+    assert_eq!(transfers[0].callers, 64, "{transfers:?}");
+    gate.open();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().into_inner().digest, digest);
+    }
+
+    // A request over 256 KiB is refused before the daemon holds it.
+    let huge = fetch_req(
+        &format!("http://127.0.0.1/{}", "a".repeat(256 << 10)),
+        &digest,
+        "",
+    );
+    let err = admin.fetch(huge).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+    assert!(err.message().contains("too large"), "{err}");
+}

@@ -62,7 +62,7 @@ async fn fetch_http_stores_read_only_blob_then_hits_cache() {
         "{log}"
     );
     assert!(
-        log.contains("bytes=5242880") && log.contains("mb_per_s="),
+        log.contains("bytes=5242880") && log.contains("mib_per_s="),
         "{log}"
     );
 }

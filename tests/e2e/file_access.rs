@@ -325,3 +325,41 @@ fn an_unknown_admin_group_stops_start_up_naming_it() {
     assert!(err.contains("assetd-no-such-group"), "{err}");
     assert!(!root.exists(), "a refused start must not create the root");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_root_in_a_folder_others_cannot_search_is_closed_to_them() {
+    if !root_or_skip() {
+        return;
+    }
+    let (dir, root) = file_root();
+    let body = random_bytes(4096, 903);
+    put(&root.join("img.bin"), &body, 0o644);
+    chmod(dir.path(), 0o700);
+    let daemon = TestDaemon::start_with(&["--file-root", root.to_str().unwrap()]);
+    daemon.open_to_everyone();
+    // The file others may read, and one that does not exist, get the same
+    // answer: the caller could not have looked in there.
+    for name in ["img.bin", "absent.bin"] {
+        let out = nobody(
+            &daemon,
+            &[
+                "fetch",
+                "--quiet",
+                &url(&root.join(name)),
+                "--digest",
+                &digest_of(&body),
+            ],
+        );
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(6), "{name}: {err}");
+        assert!(err.contains(NOT_PUBLIC), "{err}");
+    }
+    daemon.assert_empty();
+    // An admin may.
+    let mut client = daemon.client().await;
+    let url = url(&root.join("img.bin"));
+    client
+        .fetch(crate::common::fetch_req(&url, &digest_of(&body), ""))
+        .await
+        .unwrap();
+}

@@ -168,7 +168,12 @@ async fn gcs_reads_from_an_offset() {
     let gcs = FakeGcs::start(&[("bkt", "dir/obj", &body)]);
     let source = GcsSource::new(Some(&gcs.host()), false).unwrap();
     let url = url::Url::parse("gs://bkt/dir/obj").unwrap();
-    let first = source.read(&url, None).await.unwrap();
+    let caller = assetd::source::Access {
+        admin: false,
+        uid: 4242,
+        gid: 4242,
+    };
+    let first = source.read(&url, None, caller).await.unwrap();
     let validator = first.validator.clone().unwrap();
     assert_eq!(
         validator,
@@ -178,7 +183,7 @@ async fn gcs_reads_from_an_offset() {
         offset: 1_000_000,
         validator,
     };
-    let opened = source.read(&url, Some(&resume)).await.unwrap();
+    let opened = source.read(&url, Some(&resume), caller).await.unwrap();
     assert_eq!(opened.offset, 1_000_000);
     assert_eq!(opened.size, Some(body.len() as u64));
     let mut read = Vec::new();

@@ -113,9 +113,9 @@ async fn a_dead_log_reader_breaks_no_request_and_no_shutdown() {
 async fn overlong_urls_are_invalid_naming_length_and_bound() {
     let daemon = TestDaemon::start();
     let mut client = daemon.client().await;
-    // 100 KB fits a gRPC message (4 MiB) and reaches the handler; 1 MB as
-    // well. Both must be refused by the bound, not by HTTP/2 or reqwest.
-    for len in [100_000, 1_000_000] {
+    // 100 KB fits a request (256 KiB) and reaches the handler: it must be
+    // refused by the URL bound, not by HTTP/2 or reqwest.
+    for len in [100_000, 200_000] {
         let url = format!("https://example.com/{}", "a".repeat(len - 20));
         assert_eq!(url.len(), len);
         let status = client
@@ -132,6 +132,14 @@ async fn overlong_urls_are_invalid_naming_length_and_bound() {
         req.mirrors = vec![url];
         assert_status(client.fetch(req).await, Code::InvalidArgument, &["mirror"]);
     }
+    // 1 MB is past the request bound: refused before the daemon holds it,
+    // naming the size and the bound.
+    let url = format!("https://example.com/{}", "a".repeat(1_000_000));
+    assert_status(
+        client.fetch(fetch_req(&url, WRONG_DIGEST, "")).await,
+        Code::OutOfRange,
+        &["message length too large", "262144"],
+    );
     daemon.assert_empty();
 }
 
@@ -165,7 +173,7 @@ async fn failures_of_long_urls_quote_a_bounded_prefix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_names_with_invisible_characters_are_refused() {
+async fn lease_names_that_could_render_as_another_are_refused() {
     let http = HttpServer::start().await;
     let body = random_bytes(4096, 62);
     let digest = digest_of(&body);
@@ -176,6 +184,10 @@ async fn lease_names_with_invisible_characters_are_refused() {
         ("sandbox\u{202E}gpj.exe", "U+202E"),
         ("a\u{200B}b", "U+200B"),
         ("\u{2066}x", "U+2066"),
+        ("a\u{115F}b", "U+115F"),
+        ("a\u{034F}b", "U+034F"),
+        ("sandbox 1", "U+0020"),
+        ("sandbox-é", "U+00E9"),
     ] {
         assert_status(
             client.fetch(fetch_req(&url, &digest, name)).await,
@@ -184,11 +196,11 @@ async fn lease_names_with_invisible_characters_are_refused() {
         );
     }
     daemon.assert_empty();
-    let printable = "sandbox-é-名前";
+    let printable = "sandbox-42/job:7";
     client
         .fetch(fetch_req(&url, &digest, printable))
         .await
-        .expect("a printable non-ASCII lease name is fine");
+        .expect("a printable ASCII lease name is fine");
     let listed = daemon
         .client()
         .await

@@ -196,6 +196,48 @@ async fn a_users_lease_pins_are_capped_and_root_is_exempt() {
     assert_eq!(holds(&daemon, &assets[2].2).await.len(), 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bytes_a_users_leases_hold_are_capped_and_root_is_exempt() {
+    if !root_or_skip() {
+        return;
+    }
+    let http = HttpServer::start().await;
+    let assets = serve_assets(&http, 3, 4096, 720);
+    let daemon = TestDaemon::start_with(&["--max-leased-bytes-per-uid", "10KiB"]);
+    daemon.open_to_everyone();
+    let fetch = |i: usize, lease: &str| {
+        let (url, _, digest) = &assets[i];
+        nobody(
+            &daemon,
+            &["fetch", url, "--digest", digest, "--lease", lease],
+        )
+    };
+    assert!(fetch(0, "a").status.success());
+    assert!(fetch(1, "b").status.success());
+    // A second lease on an asset it pins already adds no bytes.
+    assert!(fetch(1, "b2").status.success());
+
+    // A third 4 KiB asset would make 12 KiB: refused, cached unpinned.
+    let third = fetch(2, "c");
+    assert_eq!(third.status.code(), Some(7), "RESOURCE_EXHAUSTED");
+    let stderr = String::from_utf8_lossy(&third.stderr);
+    for part in [
+        "uid 65534 holds 8192 bytes under lease",
+        "--max-leased-bytes-per-uid: 10240",
+    ] {
+        assert!(stderr.contains(part), "{stderr}");
+    }
+    assert!(daemon.blob_path(&assets[2].2).exists());
+    assert!(holds(&daemon, &assets[2].2).await.is_empty());
+
+    // Root pins what it likes; released pins make room again.
+    let (url, _, digest) = &assets[2];
+    let mut client = daemon.client().await;
+    client.fetch(fetch_req(url, digest, "root")).await.unwrap();
+    assert_eq!(nobody_releases(&daemon, "a"), 1);
+    assert!(fetch(2, "c").status.success());
+}
+
 /// `assetctl prewarm` of a manifest of `assets` as nobody, in the background.
 fn prewarm_as_nobody(daemon: &TestDaemon, name: &str, assets: &[(String, String)]) -> Child {
     let path = daemon.root.parent().unwrap().join(name);

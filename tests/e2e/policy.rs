@@ -194,3 +194,33 @@ fn bad_rule_stops_start_up_naming_it() {
         assert!(!dir.path().join("assetd.sock").exists());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_prefix_cannot_be_left_by_an_encoded_separator() {
+    let listener = AcceptCounter::start().await;
+    let prefix = format!("http://127.0.0.1:{}/assets/", listener.port);
+    let daemon = TestDaemon::start_strict(&["--allow-source", &prefix]);
+    // A server that decodes %2f and resolves `..` would serve /secret.txt.
+    for escape in [
+        "..%2fsecret.txt",
+        "x/..%2F..%2Fsecret.txt",
+        "..%5csecret.txt",
+    ] {
+        assert_status(
+            fetch(&daemon, &format!("{prefix}{escape}")).await,
+            Code::PermissionDenied,
+            &["127.0.0.1 is a loopback address, refused by default"],
+        );
+    }
+    // Nor by a sibling path that merely starts with the same text.
+    let sibling = format!("http://127.0.0.1:{}/assets-private/x", listener.port);
+    let prefix_without_slash = &prefix[..prefix.len() - 1];
+    let daemon2 = TestDaemon::start_strict(&["--allow-source", prefix_without_slash]);
+    assert_status(
+        fetch(&daemon2, &sibling).await,
+        Code::PermissionDenied,
+        &["loopback"],
+    );
+    assert_eq!(listener.accepted(), 0, "no connection is made");
+    daemon.assert_empty();
+}

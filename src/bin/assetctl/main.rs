@@ -8,7 +8,9 @@ mod manifest;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
+use assetd::config::ByteSize;
 use assetd::proto::assets_client::AssetsClient;
 use assetd::proto::{self, fetch_event, prewarm_event};
 use clap::{Parser, Subcommand};
@@ -24,11 +26,42 @@ const EXIT_CODES: &str = "EXIT CODES:
   10 in use (fetching, leased)      11 cancelled or timed out
   12 prewarm: some assets failed";
 
-/// Talk to the local assetd daemon.
+/// What `--help` says first.
+const ABOUT: &str = "assetctl: the command-line client of assetd, the node's asset cache";
+/// What `--help` (not `-h`) says after it.
+const LONG_ABOUT: &str = "assetctl: the command-line client of assetd, the node's asset cache.
+
+It asks the assetd daemon on this node, over its unix socket, to fetch \
+sha256-addressed assets into the cache (printing their paths), and lists, \
+shows, pins and removes cached ones. The daemon itself is `assetd`.";
+
+/// The daemon's socket when none is named: this user's own daemon's, if
+/// one runs, else the node's system daemon's (as the systemd units make it).
+fn default_socket() -> PathBuf {
+    let own = assetd::config::default_paths().1;
+    let system = Path::new(SYSTEM_SOCKET);
+    if own.exists() || !system.exists() {
+        own
+    } else {
+        system.to_owned()
+    }
+}
+
+/// Where the node's daemon listens (root's default, and the unit's).
+const SYSTEM_SOCKET: &str = "/run/assetd/assetd.sock";
+
+/// The client of the local assetd daemon.
 #[derive(Parser, Debug)]
-#[command(version, about, after_help = EXIT_CODES)]
+#[command(
+    name = "assetctl",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = EXIT_CODES
+)]
 struct Cli {
-    /// The daemon's socket [default: the daemon's default]
+    /// The daemon's socket [default: this user's own daemon's if it runs, else
+    /// /run/assetd/assetd.sock]
     #[arg(long, global = true, env = "ASSETD_SOCKET")]
     socket: Option<PathBuf>,
     /// Print JSON instead of text
@@ -47,12 +80,16 @@ enum Command {
         /// Its digest: sha256:<64 hex>
         #[arg(long)]
         digest: String,
-        /// Its exact size in bytes, if known
-        #[arg(long, default_value_t = 0)]
-        size: u64,
-        /// Refuse it if larger than this many bytes
-        #[arg(long, default_value_t = 0)]
-        max_size: u64,
+        /// Its exact size, in bytes or with a unit (1073741824, 1GiB, 512MiB): a
+        /// source that declares another size, or brings another, is refused.
+        /// Absent or 0: not known (the digest decides alone)
+        #[arg(long, value_name = "SIZE")]
+        size: Option<ByteSize>,
+        /// Refuse it if larger than this, in bytes or with a unit (512MiB, 8GiB).
+        /// Absent or 0: the daemon's own limit (its --max-size, 8GiB by
+        /// default); a request can only lower that limit, never raise it
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<ByteSize>,
         /// Another URL for the same bytes, tried in order (repeatable)
         #[arg(long = "mirror", value_name = "URL")]
         mirrors: Vec<String>,
@@ -95,8 +132,9 @@ enum Command {
     #[command(subcommand)]
     Lease(LeaseCommand),
     /// Evict least recently used, unleased assets past the daemon's limits
+    /// (admins; a dry run: anyone)
     Gc {
-        /// Only say what would go
+        /// Only say what would go, changing nothing (anyone may)
         #[arg(long)]
         dry_run: bool,
     },
@@ -152,9 +190,7 @@ async fn run(cli: Cli) -> ExitCode {
         },
         _ => None,
     };
-    let socket = cli
-        .socket
-        .unwrap_or_else(|| assetd::config::default_paths().1);
+    let socket = cli.socket.unwrap_or_else(default_socket);
     let mut client = match connect(&socket).await {
         Ok(c) => c,
         Err(e) => return fail(e.exit_code(), &e.to_string()),
@@ -191,8 +227,8 @@ async fn call(
             let req = proto::FetchRequest {
                 url,
                 digest,
-                size,
-                max_size,
+                size: size.map_or(0, |s| s.0),
+                max_size: max_size.map_or(0, |s| s.0),
                 mirrors,
                 lease: lease.unwrap_or_default(),
                 lease_ttl_seconds: lease_ttl,
@@ -355,13 +391,19 @@ async fn fetch(
     out: &Output,
     quiet: bool,
 ) -> Result<(), Status> {
+    let began = Instant::now();
     let mut events = client.fetch_progress(req).await?.into_inner();
     let mut display = ProgressDisplay::new(quiet);
+    let mut last = None;
     while let Some(event) = events.message().await? {
         match event.event {
-            Some(fetch_event::Event::Progress(p)) => display.update(&p),
+            Some(fetch_event::Event::Progress(p)) => {
+                display.update(&p);
+                last = Some(p);
+            }
             Some(fetch_event::Event::Done(done)) => {
-                display.finish();
+                let summary = display::fetch_summary(&done, last.as_ref(), began.elapsed());
+                display.finish(Some(&summary));
                 out.fetched(done);
                 return Ok(());
             }
@@ -488,7 +530,9 @@ async fn verify(
 }
 
 /// Streams a prewarm batch: a line per finished asset (and progress on a
-/// terminal), then a summary. Exit 12 when any asset failed.
+/// terminal), then a summary; with `--json`, one JSON object per asset of
+/// the manifest, in the order they finish, and no summary. Exit 12 when any
+/// asset failed.
 async fn prewarm(
     client: &mut AssetsClient<Channel>,
     req: proto::PrewarmRequest,
@@ -496,50 +540,85 @@ async fn prewarm(
     quiet: bool,
 ) -> Result<ExitCode, Status> {
     let total = req.assets.len();
+    let digests: Vec<String> = req.assets.iter().map(|a| a.digest.clone()).collect();
     let mut events = client.prewarm(req).await?.into_inner();
     let mut display = ProgressDisplay::new(quiet);
+    let mut answered = vec![false; total];
     let (mut done, mut failed, mut bytes) = (0usize, 0usize, 0u64);
-    while let Some(event) = events.message().await? {
-        match event.event {
-            Some(prewarm_event::Event::Progress(p)) => display.update(&p),
-            Some(prewarm_event::Event::Done(r)) => {
+    let broken = loop {
+        if done + failed == total {
+            break None;
+        }
+        let event = match events.message().await {
+            Ok(Some(event)) => event,
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        };
+        let index = event.index as usize;
+        let (value, text) = match event.event {
+            Some(prewarm_event::Event::Progress(p)) => {
+                display.update(&p);
+                continue;
+            }
+            Some(prewarm_event::Event::Done(r)) if answered.get(index) == Some(&false) => {
                 done += 1;
                 bytes += r.size;
                 let hit = if r.cache_hit { "cached" } else { "fetched" };
-                display.line(&format!(
-                    "[{}/{total}] {hit} {} {}",
-                    done + failed,
-                    r.digest,
-                    r.path
-                ));
+                let text = format!("{hit} {} {}", r.digest, r.path);
+                let value = json!({"index": index, "digest": r.digest, "status": hit,
+                    "path": r.path, "size": r.size, "cache_hit": r.cache_hit});
+                (value, text)
             }
-            Some(prewarm_event::Event::Failed(f)) => {
+            Some(prewarm_event::Event::Failed(f)) if answered.get(index) == Some(&false) => {
                 failed += 1;
-                display.line(&format!(
-                    "[{}/{total}] FAILED {} {}: {}",
-                    done + failed,
-                    event.digest,
-                    f.code,
-                    f.message
-                ));
+                let text = format!("FAILED {} {}: {}", event.digest, f.code, f.message);
+                let value = json!({"index": index, "digest": event.digest, "status": "failed",
+                    "code": f.code, "message": f.message});
+                (value, text)
             }
-            Some(prewarm_event::Event::Queued(_)) | None => {}
+            _ => continue,
+        };
+        answered[index] = true;
+        if out.json {
+            println!("{value}");
+        } else {
+            display.line(&format!("[{}/{total}] {text}", done + failed));
         }
-        if done + failed == total {
-            break;
+    };
+    display.finish(None);
+    // A stream that ended early leaves assets without a result: failed.
+    let why = broken.as_ref().map_or_else(
+        || "the daemon ended the stream without a result for it".to_owned(),
+        |status| format!("no result: {}", status.message()),
+    );
+    for (index, digest) in digests.iter().enumerate() {
+        if answered[index] {
+            continue;
+        }
+        failed += 1;
+        if out.json {
+            let code = broken.as_ref().map_or(Code::Unknown, Status::code);
+            println!(
+                "{}",
+                json!({"index": index, "digest": digest, "status": "failed",
+                    "code": format!("{code:?}"), "message": why})
+            );
+        } else {
+            display.line(&format!(
+                "[{}/{total}] FAILED {digest}: {why}",
+                done + failed
+            ));
         }
     }
-    display.finish();
-    // A stream that ended early leaves assets without a result: failed.
-    failed = total - done;
-    let text = format!(
-        "{done} of {total} assets on the node ({}), {failed} failed",
-        human(bytes)
-    );
-    out.either(
-        json!({"assets": total, "done": done, "failed": failed, "bytes": bytes}),
-        &text,
-    );
+    if let Some(status) = broken {
+        return Err(status);
+    }
+    if !out.json {
+        println!(
+            "{done} of {total} assets on the node ({}), {failed} failed",
+            human(bytes)
+        );
+    }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

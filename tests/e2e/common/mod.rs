@@ -64,6 +64,11 @@ impl TestDaemon {
         TestDaemon::start_base(None, &[], args, &[])
     }
 
+    /// [`TestDaemon::start_strict`] with environment variables.
+    pub fn start_strict_with_env(args: &[&str], env: &[(&str, &str)]) -> TestDaemon {
+        TestDaemon::start_base(None, &[], args, env)
+    }
+
     fn start_full(root: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> TestDaemon {
         TestDaemon::start_base(root, &ALLOW_LOOPBACK, args, env)
     }
@@ -203,6 +208,11 @@ impl TestDaemon {
         self.spawn(args);
     }
 
+    /// The running daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The daemon's peak resident memory so far, in bytes (VmHWM).
     pub fn peak_rss(&self) -> u64 {
         let pid = self.child.as_ref().expect("running").id();
@@ -322,6 +332,7 @@ pub fn daemon_command(root: &Path, socket: &Path, args: &[&str], log: &Path) -> 
         .args(args)
         .env("RUST_LOG", "info")
         .env_remove("STORAGE_EMULATOR_HOST")
+        .env_remove("ASSETD_CONFIG")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log"))
         .stderr(log);
@@ -509,6 +520,22 @@ impl Drop for AcceptCounter {
         self.task.abort();
     }
 }
+
+/// A CA certificate that parses (for `--ca-file`), whose key was thrown
+/// away: it vouches for nothing.
+pub const TEST_CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIB2jCCAX+gAwIBAgIUGcHEoTSjdgVVJeFdPj4tHECtECYwCgYIKoZIzj0EAwIw
+OTE3MDUGA1UEAwwuYXNzZXRkIHRlc3QgQ0EgKGZpeHR1cmU7IGl0cyBrZXkgaXMg
+ZGlzY2FyZGVkKTAgFw0yNjExMzAwNzI1NDBaGA8yMTI2MTEwNjA3MjU0MFowOTE3
+MDUGA1UEAwwuYXNzZXRkIHRlc3QgQ0EgKGZpeHR1cmU7IGl0cyBrZXkgaXMgZGlz
+Y2FyZGVkKTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABE543MaPA6EdXk0wnPBe
+K6HWRZN8I9Y3BxcFOF2Bsm1kbNdJYO6MWAx6a6Ewx2lGdFKREblBevYmJ77IUpzf
++aSjYzBhMB0GA1UdDgQWBBTPoWw3K9kJFHXlSgD+Qe7VvI9xvjAfBgNVHSMEGDAW
+gBTPoWw3K9kJFHXlSgD+Qe7VvI9xvjAPBgNVHRMBAf8EBTADAQH/MA4GA1UdDwEB
+/wQEAwIBBjAKBggqhkjOPQQDAgNJADBGAiEAi4cTToSPYnaXAqsBAiB8MWmf7VRx
+5AOMLtiqjMFmQl8CIQC0w7XHxPddKNYP3YjWud0vMfxzV9UsLMx6yqS0rV/nEA==
+-----END CERTIFICATE-----
+";
 
 /// A digest that matches nothing the tests serve.
 pub const WRONG_DIGEST: &str =
