@@ -485,8 +485,18 @@ impl fmt::Display for ByteSize {
 }
 
 impl fmt::Display for Seconds {
+    /// Exact, so that it parses back to the same duration.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
+        let (ms, nanos) = (self.0.as_millis(), self.0.subsec_nanos());
+        if !nanos.is_multiple_of(1_000_000) {
+            let fraction = format!("{nanos:09}");
+            return write!(
+                f,
+                "{}.{}s",
+                self.0.as_secs(),
+                fraction.trim_end_matches('0')
+            );
+        }
         for (per, unit) in [(3_600_000, "h"), (60_000, "m"), (1000, "s")] {
             if ms != 0 && ms.is_multiple_of(per) {
                 return write!(f, "{}{unit}", ms / per);
@@ -857,7 +867,9 @@ pub fn parse_size(value: &str) -> Result<u64, ConfigError> {
     n.checked_mul(1 << shift).ok_or_else(bad)
 }
 
-/// Parses a duration such as `30s`, `500ms` or `2m` (a bare number is seconds).
+/// Parses a duration such as `30s`, `500ms`, `1.5s`, `2m` or `1h` (a bare
+/// number is seconds), exactly to the nanosecond: a float would round (and
+/// [`Seconds`] could not print back what was read).
 pub fn parse_duration(value: &str) -> Result<Duration, ConfigError> {
     let bad = || ConfigError::BadDuration {
         value: value.to_owned(),
@@ -867,15 +879,34 @@ pub fn parse_duration(value: &str) -> Result<Duration, ConfigError> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "ms" => number / 1000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
+    let unit: u128 = match unit {
+        "ms" => 1_000_000,
+        "" | "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
         _ => return Err(bad()),
     };
-    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+        return Err(bad());
+    }
+    // Digits past the 18th after the point are far below a nanosecond.
+    let fraction = &fraction[..fraction.len().min(18)];
+    let digits = |s: &str| match s {
+        "" => Some(0),
+        s => s.parse::<u128>().ok(),
+    };
+    let (whole, part) = (
+        digits(whole).ok_or_else(bad)?,
+        digits(fraction).ok_or_else(bad)?,
+    );
+    let nanos = whole
+        .checked_mul(unit)
+        .and_then(|n| n.checked_add(part * unit / 10u128.pow(fraction.len() as u32)))
+        .ok_or_else(bad)?;
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| bad())?;
+    let subsec = u32::try_from(nanos % 1_000_000_000).map_err(|_| bad())?;
+    Ok(Duration::new(secs, subsec))
 }
 
 #[cfg(test)]
@@ -961,7 +992,9 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("3h").unwrap(), Duration::from_secs(3 * 3600));
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        for bad in ["", "s", "-1s", "3d", "1e400", "x"] {
+        assert_eq!(parse_duration("0.1m").unwrap(), Duration::from_secs(6));
+        assert_eq!(parse_duration(".5").unwrap(), Duration::from_millis(500));
+        for bad in ["", "s", "-1s", "3d", "1e400", "x", ".", "1.2.3s", "1..2s"] {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
@@ -1065,6 +1098,36 @@ max_size = \"lots\"
         zero.cache.max_leases_per_uid = 0;
         let err = zero.validate().unwrap_err();
         assert!(err.to_string().contains("max_leases_per_uid"), "{err}");
+    }
+
+    #[test]
+    fn durations_print_back_exactly() {
+        // Found by the fuzz target `config`: "1.8888888885s" printed as
+        // "1888ms", and a float parse lost whole seconds past 2^53.
+        for text in [
+            "1.8888888888888888888888885s",
+            "0.000000001s",
+            "1.5ms",
+            "0.1m",
+            "1.5h",
+            "18446744073709551615s",
+            "18446744073709551615.999999999s",
+        ] {
+            let read = parse_duration(text).unwrap();
+            let printed = Seconds(read).to_string();
+            assert_eq!(
+                parse_duration(&printed).unwrap(),
+                read,
+                "{text} as {printed}"
+            );
+        }
+        assert_eq!(
+            Seconds(Duration::new(1, 888_888_888)).to_string(),
+            "1.888888888s"
+        );
+        assert_eq!(Seconds(Duration::from_millis(1500)).to_string(), "1500ms");
+        assert_eq!(Seconds(Duration::from_secs(90)).to_string(), "90s");
+        assert!(parse_duration("18446744073709551616s").is_err());
     }
 
     #[test]

@@ -25,11 +25,16 @@
 //! - [`systemd`]: socket activation and the notify protocol.
 //! - [`daemon`]: wires them together; `run(listener, config, shutdown)`.
 //! - [`proto`]: the generated `assetd.v1` messages, server and client.
+//!
+//! `fuzzing` (hidden) gives the fuzz targets in `fuzz/` the parsers that
+//! are private to their modules.
 
 pub mod config;
 pub mod daemon;
 pub mod digest;
 pub mod fetch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod server;
 pub mod source;

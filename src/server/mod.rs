@@ -9,11 +9,11 @@
 
 mod accept;
 mod assets;
-mod authority;
+pub(crate) mod authority;
 mod convert;
 mod idle;
 mod progress;
-mod request;
+pub(crate) mod request;
 mod socket;
 mod status;
 

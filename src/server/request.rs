@@ -35,7 +35,7 @@ const MAX_MIRRORS: usize = 16;
 
 /// Parsed URLs by their text; see [`URL_CACHE_ENTRIES`].
 #[derive(Debug, Default)]
-pub(super) struct Urls {
+pub(crate) struct Urls {
     parsed: Mutex<HashMap<String, SourceUrl>>,
 }
 
@@ -193,14 +193,14 @@ pub(super) fn span(call: &'static str, caller: &Caller) -> tracing::Span {
 }
 
 /// A `sha256:<hex>` digest.
-pub(super) fn digest(value: &str) -> Result<Digest, RequestError> {
+pub(crate) fn digest(value: &str) -> Result<Digest, RequestError> {
     value
         .parse()
         .map_err(|e: crate::digest::DigestError| RequestError::Invalid(e.to_string()))
 }
 
 /// An optional digest: empty for none.
-pub(super) fn optional_digest(value: &str) -> Result<Option<Digest>, RequestError> {
+pub(crate) fn optional_digest(value: &str) -> Result<Option<Digest>, RequestError> {
     match value {
         "" => Ok(None),
         d => digest(d).map(Some),
@@ -208,7 +208,7 @@ pub(super) fn optional_digest(value: &str) -> Result<Option<Digest>, RequestErro
 }
 
 /// A `List` page token: the last digest's hex, or empty for the first page.
-pub(super) fn page_token(token: &str) -> Result<Option<Digest>, RequestError> {
+pub(crate) fn page_token(token: &str) -> Result<Option<Digest>, RequestError> {
     match token {
         "" => Ok(None),
         token => Digest::from_hex(token).map(Some).map_err(|e| {
@@ -218,7 +218,7 @@ pub(super) fn page_token(token: &str) -> Result<Option<Digest>, RequestError> {
 }
 
 /// A fetch request from `caller`.
-pub(super) fn want(
+pub(crate) fn want(
     req: proto::FetchRequest,
     caller: Caller,
     parsed: &Urls,
@@ -263,7 +263,7 @@ pub(super) fn want(
 
 /// `List`'s `url_prefix` filter: `None` when empty; longer than
 /// [`MAX_URL_LEN`] is refused, as no URL kept can start with it.
-pub(super) fn url_prefix(prefix: String) -> Result<Option<String>, RequestError> {
+pub(crate) fn url_prefix(prefix: String) -> Result<Option<String>, RequestError> {
     url_len("url_prefix", &prefix)?;
     Ok((!prefix.is_empty()).then_some(prefix))
 }
@@ -285,7 +285,7 @@ fn url_len(what: &str, url: &str) -> Result<(), RequestError> {
 /// code point: Unicode has too many characters that render as nothing or as
 /// another (bidi controls, fillers, combining marks, spaces) for a list of
 /// them to be safe in `ls`.
-pub(super) fn lease(name: String) -> Result<String, RequestError> {
+pub(crate) fn lease(name: String) -> Result<String, RequestError> {
     let want = format!("want 1 to {MAX_LEASE_LEN} printable ASCII characters, no spaces");
     if name.is_empty() || name.len() > MAX_LEASE_LEN {
         return Err(RequestError::Invalid(format!(

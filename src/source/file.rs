@@ -130,7 +130,7 @@ impl Source for FileSource {
 /// The path of a `file://` URL as its components, each percent-decoded.
 /// A component that decodes to contain `/` or NUL, or is `.` or `..`, is
 /// refused as malformed: it could only be an attempt to walk elsewhere.
-fn components(url: &Url) -> Result<Vec<String>, SourceError> {
+pub(crate) fn components(url: &Url) -> Result<Vec<String>, SourceError> {
     let malformed = |reason: &str| SourceError::InvalidUrl {
         url: super::redacted(url),
         reason: reason.to_owned(),
@@ -157,7 +157,10 @@ fn components(url: &Url) -> Result<Vec<String>, SourceError> {
 }
 
 /// The most specific root holding `parts`, and the parts below it.
-fn root_of<'r>(roots: &'r [FileRoot], parts: &[String]) -> Option<(&'r FileRoot, usize)> {
+pub(crate) fn root_of<'r>(
+    roots: &'r [FileRoot],
+    parts: &[String],
+) -> Option<(&'r FileRoot, usize)> {
     roots
         .iter()
         .filter_map(|root| {

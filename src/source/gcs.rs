@@ -22,6 +22,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::TryFutureExt as _;
 use google_cloud_auth::credentials::{self, CacheableResource, Credentials};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::StatusCode;
 use tokio_stream::{Stream, StreamExt as _};
 use url::Url;
@@ -33,6 +34,13 @@ use super::{Access, ByteStream, OpenFuture, Opened, Resume, Source, SourceError}
 
 /// The public endpoint, when no emulator is configured.
 const GCS_ENDPOINT: &str = "https://storage.googleapis.com";
+/// What a bucket or object name keeps unencoded in an API path: RFC 3986's
+/// unreserved characters.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 /// Reading objects needs no more than this.
 const READ_ONLY_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_only";
 
@@ -58,10 +66,10 @@ pub struct GcsSource {
 
 /// One object, as named by a `gs://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ObjectRef {
-    bucket: String,
-    name: String,
-    generation: Option<u64>,
+pub(crate) struct ObjectRef {
+    pub(crate) bucket: String,
+    pub(crate) name: String,
+    pub(crate) generation: Option<u64>,
 }
 
 /// The parts of the JSON API's object resource assetd uses. GCS sends
@@ -319,17 +327,23 @@ impl GcsSource {
 
     /// `{endpoint}/storage/v1/b/{bucket}/o/{object}?generation=G&query...`;
     /// the object name is one path segment, its slashes percent-encoded.
-    fn media_url(
+    pub(crate) fn media_url(
         &self,
         object: &ObjectRef,
         generation: Option<u64>,
         query: &[(&str, &str)],
     ) -> Url {
         let mut url = self.endpoint.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty()
-                .extend(["storage", "v1", "b", &object.bucket, "o", &object.name]);
-        }
+        // Encoded here, not by `path_segments_mut`, which drops tabs and
+        // newlines as URL parsing does: a name holding one would read
+        // another object.
+        let base = url.path().strip_suffix('/').unwrap_or(url.path());
+        let path = format!(
+            "{base}/storage/v1/b/{}/o/{}",
+            utf8_percent_encode(&object.bucket, SEGMENT),
+            utf8_percent_encode(&object.name, SEGMENT)
+        );
+        url.set_path(&path);
         {
             let mut pairs = url.query_pairs_mut();
             if let Some(generation) = generation {
@@ -355,7 +369,7 @@ impl Source for GcsSource {
 }
 
 impl ObjectRef {
-    fn parse(url: &Url) -> Result<ObjectRef, SourceError> {
+    pub(crate) fn parse(url: &Url) -> Result<ObjectRef, SourceError> {
         let invalid = |reason: String| SourceError::InvalidUrl {
             url: url.to_string(),
             reason,
@@ -544,6 +558,25 @@ mod tests {
             Some(7)
         );
         assert_eq!(parse("gs://bkt/a%2Bb+c%20d").unwrap().name, "a+b+c d");
+    }
+
+    #[test]
+    fn media_urls_carry_the_whole_name_as_one_segment() {
+        let source = GcsSource::new(Some("127.0.0.1:9"), true).unwrap();
+        // Found by the fuzz target `url_gs`: a tab (or CR, LF) in a name
+        // vanished from the API URL, so another object would be read.
+        for (text, name) in [
+            ("gs://bkt/a%09b%0A%0Dc", "a%09b%0A%0Dc"),
+            ("gs://bkt/dir%2Fx%20y+z%25", "dir%2Fx%20y%2Bz%25"),
+            ("gs://bkt/caf%C3%A9", "caf%C3%A9"),
+        ] {
+            let object = parse(text).unwrap();
+            let url = source.media_url(&object, Some(7), &[("alt", "media")]);
+            assert_eq!(
+                url.as_str(),
+                format!("http://127.0.0.1:9/storage/v1/b/bkt/o/{name}?generation=7&alt=media")
+            );
+        }
     }
 
     #[test]

@@ -213,32 +213,48 @@ fn content_range_total(
         .get(header::CONTENT_RANGE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let bad = || SourceError::BadRange {
+    parse_content_range(range, offset).ok_or_else(|| SourceError::BadRange {
         url: super::redacted(url),
         offset,
         got: format!("Content-Range {range:?}"),
+    })
+}
+
+/// The total size in a `Content-Range` value `bytes FIRST-LAST/TOTAL`
+/// whose FIRST is `offset`: `Some(None)` for a `*` total, `None` for a
+/// value that is not valid (RFC 9110 14.4: digits only, FIRST <= LAST <
+/// TOTAL) or starts elsewhere.
+pub(crate) fn parse_content_range(range: &str, offset: u64) -> Option<Option<u64>> {
+    let (span, total) = range.strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let (first, last) = (digits(first)?, digits(last)?);
+    let total = match total {
+        "*" => None,
+        t => Some(digits(t)?),
     };
-    let (span, total) = range
-        .strip_prefix("bytes ")
-        .and_then(|r| r.split_once('/'))
-        .ok_or_else(bad)?;
-    let start = span
-        .split_once('-')
-        .and_then(|(s, _)| s.parse::<u64>().ok());
-    if start != Some(offset) {
-        return Err(bad());
-    }
-    match total {
-        "*" => Ok(None),
-        t => t.parse().map(Some).map_err(|_| bad()),
+    let valid = first <= last && total.is_none_or(|t| last < t);
+    (valid && first == offset).then_some(total)
+}
+
+/// `text` as a number if it is only ASCII digits (`u64::from_str` also
+/// takes a leading `+`, which HTTP's grammar does not).
+fn digits(text: &str) -> Option<u64> {
+    match !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        true => text.parse().ok(),
+        false => None,
     }
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare for 429/503 and is
 /// left to the backoff).
 pub(super) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    let value = response.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse().ok().map(Duration::from_secs)
+    parse_retry_after(response.headers().get(header::RETRY_AFTER)?.to_str().ok()?)
+}
+
+/// A `Retry-After` value in seconds; `None` for the HTTP-date form or
+/// anything else.
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    digits(value.trim()).map(Duration::from_secs)
 }
 
 fn denied(url: &Url, refused: Refused) -> SourceError {
@@ -354,4 +370,42 @@ fn build(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, SourceError
         detail: format!("building the HTTP client: {}", crate::error_chain(&e)),
         retryable: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_is_taken_only_when_valid_and_at_the_offset() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/1000", 100),
+            Some(Some(1000))
+        );
+        assert_eq!(parse_content_range("bytes 100-199/*", 100), Some(None));
+        for (bad, offset) in [
+            ("bytes 100-199/1000", 0),
+            ("bytes */1000", 100),
+            // Found by the fuzz target `content_range`: a LAST that is not
+            // a number, or before FIRST, or a TOTAL not past LAST, or a `+`.
+            ("bytes 0-*****99/*", 0),
+            ("bytes 100-50/1000", 100),
+            ("bytes 100-199/150", 100),
+            ("bytes 100-199/199", 100),
+            ("bytes +100-199/1000", 100),
+            ("bytes 100-199/+1000", 100),
+            ("bytes 100-/1000", 100),
+        ] {
+            assert_eq!(parse_content_range(bad, offset), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_takes_only_delay_seconds() {
+        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
+        // Found by the fuzz target `retry_after`: `u64::from_str` takes `+5`.
+        for bad in ["+5", "-5", "", "1.5", "Wed, 21 Oct 2015 07:28:00 GMT"] {
+            assert_eq!(parse_retry_after(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -5,9 +5,9 @@
 //! of disk, digests or limits: the fetch layer decides what to do with the
 //! bytes and when to stop reading.
 
-mod file;
-mod gcs;
-mod http;
+pub(crate) mod file;
+pub(crate) mod gcs;
+pub(crate) mod http;
 pub mod policy;
 pub mod proxy;
 pub mod tls;
