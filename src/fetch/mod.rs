@@ -22,6 +22,7 @@ mod admin;
 mod flight;
 mod limits;
 mod prewarm;
+mod ranged;
 mod transfer;
 
 use std::sync::Arc;
@@ -309,6 +310,8 @@ struct Inner {
     /// Prewarm assets queued or running, per uid (non-admins only).
     prewarms: prewarm::Queued,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Pieces of ranged transfers in flight, daemon-wide.
+    piece_slots: tokio::sync::Semaphore,
 }
 
 /// Fetches assets into the store and answers for it. Cheap to clone.
@@ -358,6 +361,7 @@ impl Fetcher {
             lifetime,
             prewarms: prewarm::Queued::default(),
             metrics: Arc::default(),
+            piece_slots: tokio::sync::Semaphore::new(ranged::DAEMON_IN_FLIGHT),
         };
         Fetcher {
             inner: Arc::new(inner),

@@ -3,6 +3,7 @@
 
 pub mod gcs;
 pub mod http;
+pub mod peer;
 pub mod proxy;
 
 use std::collections::BTreeSet;
