@@ -240,6 +240,8 @@ pub struct Want {
     pub size: Option<u64>,
     /// The caller's own size limit, when lower than the daemon's.
     pub max_size: Option<u64>,
+    /// Connections the caller allows for pieces (`None`: the daemon's).
+    pub connections: Option<usize>,
     /// The lease to pin the asset for, once it is cached.
     pub lease: Option<Lease>,
     /// Who asks.
@@ -448,6 +450,7 @@ impl Fetcher {
         let terms = CallerTerms {
             size: want.size,
             limit,
+            connections: want.connections,
         };
         let inner = &self.inner;
         let mut launched = false;

@@ -63,6 +63,8 @@ pub(super) struct Job<'a> {
     pub validator: Option<String>,
     pub size: u64,
     pub piece: u64,
+    /// Pieces in flight at once.
+    pub connections: usize,
 }
 
 /// Reads the asset in pieces (the first from `first`, the open body of the
@@ -96,7 +98,7 @@ pub(super) async fn run(
         "reading in pieces"
     );
     let mut first = Some(first);
-    let connections = job.inner.fetch.connections.max(1);
+    let connections = job.connections.max(1);
     let workers: Vec<_> = (0..connections.min(shared.ranges.len()))
         .map(|_| shared.worker(first.take()))
         .collect();

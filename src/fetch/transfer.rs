@@ -284,6 +284,14 @@ impl Attempt<'_> {
         self.ingest.as_ref().map_or(0, Ingest::received)
     }
 
+    /// Connections for pieces: what the callers allow, at most the daemon's.
+    fn connections(&self) -> usize {
+        let daemon = self.inner.fetch.connections;
+        lock(self.terms)
+            .connections()
+            .map_or(daemon, |n| n.min(daemon))
+    }
+
     /// The expected size and the limit, as the callers waiting now set them.
     fn terms(&self) -> (Option<u64>, u64) {
         let terms = lock(self.terms);
@@ -324,11 +332,10 @@ impl Attempt<'_> {
             opened.ranges,
             self.one_stream,
             opened.size,
-        ) && let Some(piece) = super::ranged::piece_size(
-            size,
-            self.inner.fetch.ranged_min_size.0,
-            self.inner.fetch.connections,
-        ) {
+        ) && let connections = self.connections()
+            && let Some(piece) =
+                super::ranged::piece_size(size, self.inner.fetch.ranged_min_size.0, connections)
+        {
             let job = super::ranged::Job {
                 inner: self.inner,
                 digest: self.digest,
@@ -338,6 +345,7 @@ impl Attempt<'_> {
                 validator: opened.validator.clone(),
                 size,
                 piece,
+                connections,
             };
             return match super::ranged::run(job, opened.body, state).await {
                 Ok(blob) => {

@@ -158,6 +158,11 @@ async fn small_assets_and_one_connection_read_one_stream() {
         nginx.requests(),
         vec![(200, "-".to_owned()), (200, "-".to_owned())]
     );
+    // A request may ask for one stream (or fewer connections, never more).
+    let mut req = fetch_req(&nginx.url("/a.img"), &digest_of(&body), "");
+    req.connections = 1;
+    daemon.client().await.fetch(req).await.unwrap();
+    assert_eq!(nginx.requests().len(), 3, "{:?}", nginx.requests());
 }
 
 use std::collections::BTreeMap;

@@ -93,6 +93,11 @@ enum Command {
         /// Another URL for the same bytes, tried in order (repeatable)
         #[arg(long = "mirror", value_name = "URL")]
         mirrors: Vec<String>,
+        /// Connections to read a large asset's pieces over; 1 for one
+        /// stream. Absent or 0: the daemon's --connections, which is also
+        /// the most a request may ask for
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        connections: u32,
         /// Pin it for this lease (a sandbox id, say) until released
         #[arg(long)]
         lease: Option<String>,
@@ -220,6 +225,7 @@ async fn call(
             size,
             max_size,
             mirrors,
+            connections,
             lease,
             lease_ttl,
             quiet,
@@ -232,6 +238,7 @@ async fn call(
                 mirrors,
                 lease: lease.unwrap_or_default(),
                 lease_ttl_seconds: lease_ttl,
+                connections,
             };
             fetch(client, req, out, quiet).await
         }
