@@ -425,3 +425,61 @@ async fn a_connection_carries_at_most_64_calls_and_requests_of_256_kib() {
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
     assert!(err.message().contains("too large"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_take_every_slot_of_a_host() {
+    if !root_or_skip() {
+        return;
+    }
+    let http = HttpServer::start().await;
+    let daemon = TestDaemon::start_with(&[
+        "--max-per-host",
+        "4",
+        "--max-per-uid",
+        "8",
+        "--stall-timeout",
+        "60s",
+    ]);
+    daemon.open_to_everyone();
+    // Four transfers by one user from one host whose replies never come.
+    let mut hung = Vec::new();
+    for i in 0..4 {
+        let body = random_bytes(4096, 630 + i);
+        let url = http.route(
+            &format!("/hang/{i}"),
+            Reply::Stall {
+                body: body.clone(),
+                after: 0,
+            },
+        );
+        hung.push(fetch_as_nobody(&daemon, &url, &digest_of(&body)));
+    }
+    let asked = || {
+        (0..4)
+            .filter(|i| http.requests_to(&format!("/hang/{i}")) > 0)
+            .count()
+    };
+    wait_until(Duration::from_secs(10), "three of them start", || {
+        asked() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(asked(), 3, "a user holds at most 3 of the host's 4 slots");
+
+    // Root's fetch from the same host gets the fourth at once.
+    let body = random_bytes(64 << 10, 640);
+    let url = http.route("/good", Reply::Body(body.clone()));
+    let mut client = daemon.client().await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.fetch(fetch_req(&url, &digest_of(&body), "")),
+    )
+    .await
+    .expect("a slot of the host is free for others")
+    .unwrap();
+    for mut child in hung {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    daemon.wait_ingest_empty(Duration::from_secs(5)).await;
+}
