@@ -259,9 +259,13 @@ async fn admins_see_and_cancel_any_users_transfer() {
     assert_eq!(again.unwrap_err().code(), tonic::Code::NotFound);
 }
 
-/// Speaks just enough HTTP/2 to open a connection, then pings it every
-/// 200 ms and returns how long the daemon kept it open.
-async fn ping_until_closed(socket: &std::path::Path) -> Duration {
+const PING: &[u8] = b"\0\0\x08\x06\0\0\0\0\0pingpong";
+const SETTINGS: &[u8] = b"\0\0\0\x04\0\0\0\0\0";
+const UNKNOWN: &[u8] = b"\0\0\x01\x42\0\0\0\0\0x";
+
+/// Speaks just enough HTTP/2 to open a connection, then sends `frame`
+/// every 200 ms and returns how long the daemon kept it open.
+async fn send_until_closed(socket: &std::path::Path, frame: &'static [u8]) -> Duration {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
     let (mut read, mut write) = stream.into_split();
@@ -271,8 +275,7 @@ async fn ping_until_closed(socket: &std::path::Path) -> Duration {
         .unwrap();
     let start = std::time::Instant::now();
     let pinger = tokio::spawn(async move {
-        let ping = b"\0\0\x08\x06\0\0\0\0\0pingpong";
-        while write.write_all(ping).await.is_ok() {
+        while write.write_all(frame).await.is_ok() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
@@ -292,16 +295,19 @@ async fn ping_until_closed(socket: &std::path::Path) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_closed_even_if_it_pings() {
     let daemon = TestDaemon::start_with(&["--idle-timeout", "1s"]);
-    let open = ping_until_closed(&daemon.socket).await;
-    assert!(
-        (Duration::from_millis(900)..Duration::from_secs(8)).contains(&open),
-        "closed after {open:?}"
-    );
+    // Pings, empty SETTINGS, an unknown frame type: none is a request.
+    for frame in [PING, SETTINGS, UNKNOWN] {
+        let open = send_until_closed(&daemon.socket, frame).await;
+        assert!(
+            (Duration::from_millis(900)..Duration::from_secs(8)).contains(&open),
+            "closed after {open:?}"
+        );
+    }
 
     // With the timeout off, the same connection stays.
     let daemon = TestDaemon::start_with(&["--idle-timeout", "0s"]);
     let socket = daemon.socket.clone();
-    let kept = tokio::time::timeout(Duration::from_secs(3), ping_until_closed(&socket)).await;
+    let kept = tokio::time::timeout(Duration::from_secs(3), send_until_closed(&socket, PING)).await;
     assert!(kept.is_err(), "closed though --idle-timeout is 0s");
 }
 
