@@ -386,55 +386,12 @@ struct Nginx(Peer);
 
 impl Nginx {
     fn start(ca: &TestCa, files: &[(&str, &[u8])]) -> Option<Nginx> {
-        let binary = tool("nginx", "nginx")?;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let d = dir.path();
-        let www = d.join("www");
-        std::fs::create_dir_all(d.join("tmp")).expect("mkdir");
-        std::fs::create_dir_all(&www).expect("mkdir");
-        for (name, bytes) in files {
-            std::fs::write(www.join(name), bytes).expect("write file");
-        }
-        let port = free_port();
-        let log = d.join("error.log");
-        let tmp = d.join("tmp");
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {pid};\n\
-             error_log {log} info;\nevents {{ worker_connections 64; }}\nhttp {{\n\
-             access_log {access};\nclient_body_temp_path {tmp};\nproxy_temp_path {tmp};\n\
-             fastcgi_temp_path {tmp};\nuwsgi_temp_path {tmp};\nscgi_temp_path {tmp};\n\
-             server {{\nlisten 127.0.0.1:{port} ssl;\nssl_certificate {cert};\n\
-             ssl_certificate_key {key};\nroot {www};\n}}\n}}\n",
-            pid = d.join("nginx.pid").display(),
-            log = log.display(),
-            access = d.join("access.log").display(),
-            tmp = tmp.display(),
-            cert = ca.path("server.pem").display(),
-            key = ca.path("server.key").display(),
-            www = www.display(),
+        let certs = format!(
+            "ssl_certificate {};\nssl_certificate_key {};",
+            ca.path("server.pem").display(),
+            ca.path("server.key").display()
         );
-        std::fs::write(d.join("nginx.conf"), conf).expect("write config");
-        let child = Command::new(binary)
-            .arg("-p")
-            .arg(d)
-            .arg("-c")
-            .arg(d.join("nginx.conf"))
-            .arg("-e")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let peer = Peer {
-            port,
-            dir,
-            child,
-            name: "nginx",
-            log,
-        };
-        wait_listening(port, "nginx", || peer.log());
-        Some(Nginx(peer))
+        crate::common::peer::nginx(files, " ssl", &certs).map(Nginx)
     }
 
     fn url(&self, path: &str) -> String {
@@ -443,8 +400,7 @@ impl Nginx {
 
     /// Requests nginx answered (its access log).
     fn served(&self) -> usize {
-        let access = std::fs::read_to_string(self.0.dir.path().join("access.log"));
-        access.unwrap_or_default().lines().count()
+        self.0.access_log().len()
     }
 }
 

@@ -3,9 +3,8 @@
 //! from its access log.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use crate::common::peer::{Peer, free_port, tool, wait_listening};
+use crate::common::peer::Peer;
 use crate::common::{TestDaemon, digest_of, fetch_req, random_bytes};
 
 /// nginx serving `files` over plain HTTP on 127.0.0.1, logging each
@@ -14,52 +13,7 @@ struct Nginx(Peer);
 
 impl Nginx {
     fn start(files: &[(&str, &[u8])]) -> Option<Nginx> {
-        let binary = tool("nginx", "nginx")?;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let d = dir.path();
-        let www = d.join("www");
-        std::fs::create_dir_all(d.join("tmp")).expect("mkdir");
-        std::fs::create_dir_all(&www).expect("mkdir");
-        for (name, bytes) in files {
-            std::fs::write(www.join(name), bytes).expect("write file");
-        }
-        let port = free_port();
-        let log = d.join("error.log");
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {pid};\n\
-             error_log {log} info;\nevents {{ worker_connections 256; }}\nhttp {{\n\
-             log_format ranges '$status \"$http_range\" $body_bytes_sent';\n\
-             access_log {access} ranges;\nclient_body_temp_path {tmp};\nproxy_temp_path {tmp};\n\
-             fastcgi_temp_path {tmp};\nuwsgi_temp_path {tmp};\nscgi_temp_path {tmp};\n\
-             server {{\nlisten 127.0.0.1:{port};\nroot {www};\n}}\n}}\n",
-            pid = d.join("nginx.pid").display(),
-            log = log.display(),
-            access = d.join("access.log").display(),
-            tmp = d.join("tmp").display(),
-            www = www.display(),
-        );
-        std::fs::write(d.join("nginx.conf"), conf).expect("write config");
-        let child = Command::new(binary)
-            .arg("-p")
-            .arg(d)
-            .arg("-c")
-            .arg(d.join("nginx.conf"))
-            .arg("-e")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let peer = Peer {
-            port,
-            dir,
-            child,
-            name: "nginx",
-            log,
-        };
-        wait_listening(port, "nginx", || peer.log());
-        Some(Nginx(peer))
+        crate::common::peer::nginx(files, "", "").map(Nginx)
     }
 
     fn url(&self, path: &str) -> String {
@@ -68,10 +22,9 @@ impl Nginx {
 
     /// Each request nginx answered: (status, Range header).
     fn requests(&self) -> Vec<(u16, String)> {
-        let access = std::fs::read_to_string(self.0.dir.path().join("access.log"));
-        access
-            .unwrap_or_default()
-            .lines()
+        self.0
+            .access_log()
+            .iter()
             .filter_map(|l| {
                 let (status, rest) = l.split_once(' ')?;
                 let range = rest.split('"').nth(1)?.to_owned();
