@@ -194,6 +194,9 @@ impl std::str::FromStr for MetricsListen {
 pub struct StoreConfig {
     /// The store's folder (`blobs/`, `ingest/`, `meta.redb`).
     pub root: PathBuf,
+    /// How long a partial download is kept across a restart, to be
+    /// resumed; 0 to sweep them all at start.
+    pub keep_partials: Seconds,
 }
 
 /// Eviction, leases and garbage collection.
@@ -322,7 +325,10 @@ impl Default for Config {
                 socket,
                 ..ServerConfig::default()
             },
-            store: StoreConfig { root },
+            store: StoreConfig {
+                root,
+                ..StoreConfig::default()
+            },
             cache: CacheConfig::default(),
             fetch: FetchConfig::default(),
             sources: SourcesConfig::default(),
@@ -353,6 +359,7 @@ impl Default for StoreConfig {
     fn default() -> StoreConfig {
         StoreConfig {
             root: default_paths().0,
+            keep_partials: Seconds(crate::store::DEFAULT_KEEP_PARTIALS),
         }
     }
 }

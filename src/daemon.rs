@@ -52,7 +52,8 @@ pub async fn run(
     let lifetime = Lifetime::default();
     // Opening scans blobs/ and reconciles meta.redb: off the runtime.
     let root = config.store.root.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&root))
+    let keep = config.store.keep_partials.0;
+    let store = tokio::task::spawn_blocking(move || Store::open_keeping(&root, keep))
         .await
         .map_err(|e| {
             DaemonError::Store(StoreError::Io {
@@ -85,6 +86,9 @@ pub async fn run(
         lifetime.token.clone(),
     ));
     let served = server::serve(fetcher.clone(), listener, &config.server, shutdown).await;
+    // Transfers cut off by the stop keep their bytes for the restart (set
+    // again here for a serve that ended without the shutdown signal).
+    fetcher.keep_partials();
     lifetime.token.cancel();
     lifetime.tracker.close();
     if tokio::time::timeout(TASK_GRACE, lifetime.tracker.wait())

@@ -31,6 +31,10 @@ struct Args {
     /// Store folder [default: /var/lib/assetd for root, else ~/.cache/assetd]
     #[arg(long, env = "ASSETD_ROOT")]
     root: Option<PathBuf>,
+    /// How long a partial download is kept across a restart, to be resumed
+    /// by the next fetch of it; 0s to sweep them at start [default: 1h]
+    #[arg(long)]
+    keep_partials: Option<Seconds>,
     /// gRPC unix socket [default: /run/assetd/assetd.sock for root, else
     /// $XDG_RUNTIME_DIR/assetd/assetd.sock]
     #[arg(long, env = "ASSETD_SOCKET")]
@@ -191,6 +195,7 @@ impl Args {
         }
         let args = self;
         set(&mut config.store.root, args.root);
+        set(&mut config.store.keep_partials, args.keep_partials);
         set(&mut config.server.socket, args.socket);
         set(&mut config.server.socket_mode, args.socket_mode);
         set(&mut config.server.socket_group, args.socket_group.map(Some));

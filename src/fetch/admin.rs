@@ -159,6 +159,12 @@ impl Fetcher {
         self.inner.store.meta_writable()
     }
 
+    /// The daemon is stopping: transfers cut off from now on keep what
+    /// arrived, to be resumed after the restart.
+    pub fn keep_partials(&self) {
+        self.inner.store.keep_partials();
+    }
+
     /// What the cache holds and the transfers are doing now. Memory only.
     pub fn stats(&self) -> Stats {
         let (assets, bytes) = self.inner.store.totals();

@@ -216,6 +216,27 @@ async fn from_url(
         done: None,
         one_stream: false,
     };
+    // A partial download of this asset from before a restart: go on with
+    // it (the source decides, by its validator, whether it still can).
+    if let Some(partial) = inner.store.take_partial(&digest) {
+        let (size, limit) = attempt.terms();
+        let store = inner.store.clone();
+        let resumed = {
+            let partial = partial.clone();
+            tokio::task::spawn_blocking(move || store.resume(digest, &partial, size, limit)).await
+        };
+        match resumed {
+            Ok(Ok(ingest)) => {
+                tracing::info!(%digest, from = partial.done, partial_url = %partial.url, "resuming a partial download from before the restart");
+                attempt.ingest = Some(ingest);
+                attempt.validator = Some(partial.validator);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%digest, error = %e, "cannot resume the partial download; starting over")
+            }
+            Err(_) => {}
+        }
+    }
     let mut failures = 0;
     loop {
         let before = attempt.received();
@@ -389,6 +410,13 @@ impl Attempt<'_> {
                     .map_err(FetchError::Store)?
             }
         };
+        if let Some(validator) = &opened.validator {
+            ingest.set_source(crate::store::SourceInfo {
+                url: self.url.redacted().to_owned(),
+                validator: validator.clone(),
+                size: opened.size,
+            });
+        }
         self.validator = opened.validator;
         let streamed = stream(
             self,

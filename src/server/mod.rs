@@ -163,9 +163,13 @@ pub async fn serve(
         watching.clone(),
     ));
     let (stopping, stopped) = oneshot::channel();
+    let keeper = fetcher.clone();
     let shutdown = async move {
         shutdown.await;
         crate::systemd::stopping();
+        // INVARIANT: before any connection closes, so a transfer whose
+        // callers go with them keeps its bytes for the restart.
+        keeper.keep_partials();
         // INVARIANT: the watch stops first, so it can't flip health back.
         watching.cancel();
         // INVARIANT: NOT_SERVING before the listener closes, so a health

@@ -13,19 +13,22 @@
 
 use std::fs::{File, Permissions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
-use tempfile::NamedTempFile;
+use tempfile::{NamedTempFile, TempPath};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::index::Entry;
 use super::meta::now_ms;
+use super::partial::{self, Partial, SourceInfo};
 use super::writer::Writer;
 use super::{Blob, Store, StoreError, fsync_dir};
 use crate::digest::Digest;
@@ -52,9 +55,13 @@ pub struct Ingest {
     tx: mpsc::Sender<Vec<Bytes>>,
     /// Taken when joined early, after the writer failed.
     writer: Option<JoinHandle<Result<NamedTempFile, StoreError>>>,
-    hasher: JoinHandle<[u8; 32]>,
+    hasher: JoinHandle<Result<[u8; 32], io::Error>>,
     temp_path: PathBuf,
     store: Arc<Store>,
+    /// For the sidecar: the source, once it named its version.
+    info: Arc<Mutex<Option<SourceInfo>>>,
+    /// Set by [`Ingest::commit`]: the writer's end is not a cut-off.
+    committing: Arc<AtomicBool>,
 }
 
 impl Ingest {
@@ -68,12 +75,79 @@ impl Ingest {
             .prefix(&format!("{}.", expected.hex()))
             .tempfile_in(&store.ingest)
             .map_err(StoreError::io("create temp file in", &store.ingest))?;
+        Ok(Ingest::spawn(store, expected, size, limit, temp, 0, None))
+    }
+
+    /// Resumes the partial download `partial` of `expected` kept from before
+    /// a restart: its durable prefix is re-hashed (by the hasher, before the
+    /// new bytes), and [`Ingest::received`] starts there.
+    pub(super) fn resume(
+        store: &Arc<Store>,
+        expected: Digest,
+        partial: &Partial,
+        size: Option<u64>,
+        limit: u64,
+    ) -> Result<Ingest, StoreError> {
+        let wrap = |op| StoreError::io(op, &partial.path);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&partial.path)
+            .map_err(wrap("open"))?;
+        file.set_len(partial.done).map_err(wrap("truncate"))?;
+        let reader = file.try_clone().map_err(wrap("open"))?;
+        let path = TempPath::try_from_path(&partial.path).map_err(wrap("resolve"))?;
+        let temp = NamedTempFile::from_parts(file, path);
+        let info = SourceInfo {
+            url: partial.url.clone(),
+            validator: partial.validator.clone(),
+            size,
+        };
+        let mut ingest = Ingest::spawn(
+            store,
+            expected,
+            size,
+            limit,
+            temp,
+            partial.done,
+            Some((reader, info)),
+        );
+        ingest.received = partial.done;
+        Ok(ingest)
+    }
+
+    /// Starts the writer and hasher threads on `temp`, whose first `offset`
+    /// bytes are written already (`prefix`: a handle to read them for the
+    /// hash, and the source they came from).
+    fn spawn(
+        store: &Arc<Store>,
+        expected: Digest,
+        size: Option<u64>,
+        limit: u64,
+        temp: NamedTempFile,
+        offset: u64,
+        prefix: Option<(std::fs::File, SourceInfo)>,
+    ) -> Ingest {
         let temp_path = temp.path().to_owned();
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (hash_tx, hash_rx) = std_mpsc::sync_channel(QUEUE_DEPTH);
-        let writer = tokio::task::spawn_blocking(move || write_all(temp, rx, hash_tx));
-        let hasher = tokio::task::spawn_blocking(move || hash_all(hash_rx));
-        Ok(Ingest {
+        let (reader, info) = match prefix {
+            Some((reader, info)) => (Some(reader), Some(info)),
+            None => (None, None),
+        };
+        let info = Arc::new(Mutex::new(info));
+        let committing = Arc::new(AtomicBool::new(false));
+        let checkpoints = Checkpoints {
+            store: store.clone(),
+            digest: expected,
+            info: info.clone(),
+            committing: committing.clone(),
+        };
+        let writer =
+            tokio::task::spawn_blocking(move || write_all(temp, offset, rx, hash_tx, checkpoints));
+        let hasher = tokio::task::spawn_blocking(move || hash_all(reader, offset, hash_rx));
+        Ingest {
             expected,
             size,
             limit,
@@ -85,7 +159,15 @@ impl Ingest {
             hasher,
             temp_path,
             store: store.clone(),
-        })
+            info,
+            committing,
+        }
+    }
+
+    /// Notes the source that named this version, so the ingest can be
+    /// resumed after a restart (see [`super::partial`]).
+    pub fn set_source(&self, info: SourceInfo) {
+        *self.info.lock().unwrap_or_else(PoisonError::into_inner) = Some(info);
     }
 
     /// Changes the expected size and the limit for the bytes still to come
@@ -135,6 +217,7 @@ impl Ingest {
     /// any error the temp file is gone when this returns.
     pub async fn commit(mut self, url: &str) -> Result<Blob, StoreError> {
         self.send_batch().await?;
+        self.committing.store(true, Ordering::SeqCst);
         let Ingest {
             tx,
             writer,
@@ -151,7 +234,10 @@ impl Ingest {
             });
         };
         let temp = join(writer, &temp_path).await??;
-        let actual = Digest::from_bytes(join(hasher, &temp_path).await?);
+        let actual = join(hasher, &temp_path)
+            .await?
+            .map_err(StoreError::io("read back", &temp_path))?;
+        let actual = Digest::from_bytes(actual);
         if let Some(expected) = self.size
             && self.received != expected
         {
@@ -215,36 +301,126 @@ async fn join<T>(handle: JoinHandle<T>, path: &std::path::Path) -> Result<T, Sto
     })
 }
 
-/// The writer thread: appends each batch, then passes it to the hasher.
-/// Returns the temp file only when the queue closed with every byte written.
-fn write_all(
-    temp: NamedTempFile,
-    mut rx: mpsc::Receiver<Vec<Bytes>>,
-    hash_tx: std_mpsc::SyncSender<Vec<Bytes>>,
-) -> Result<NamedTempFile, StoreError> {
-    let wrap = |op| StoreError::io(op, temp.path());
-    let mut writer = Writer::new(temp.as_file(), temp.path());
-    while let Some(batch) = rx.blocking_recv() {
-        for chunk in &batch {
-            writer.write(chunk).map_err(wrap("write"))?;
-        }
-        if hash_tx.send(batch).is_err() {
-            break;
-        }
-    }
-    writer.finish().map_err(wrap("write"))?;
-    Ok(temp)
+/// What the writer thread needs for the sidecar.
+struct Checkpoints {
+    store: Arc<Store>,
+    digest: Digest,
+    info: Arc<Mutex<Option<SourceInfo>>>,
+    committing: Arc<AtomicBool>,
 }
 
-/// The hasher thread: SHA-256 over every batch, in order.
-fn hash_all(rx: std_mpsc::Receiver<Vec<Bytes>>) -> [u8; 32] {
+impl Checkpoints {
+    /// Makes the first `done` bytes of `temp` durable and records them in
+    /// its sidecar, when the source named its version. Best effort: a
+    /// failure only loses the chance to resume.
+    fn save(&self, temp: &NamedTempFile, done: u64) -> bool {
+        let Some(info) = self
+            .info
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
+            return false;
+        };
+        let sidecar = partial::Sidecar {
+            digest: self.digest.hex(),
+            url: info.url,
+            validator: info.validator,
+            size: info.size,
+            done,
+        };
+        let saved = temp
+            .as_file()
+            .sync_data()
+            .and_then(|()| partial::write(temp.path(), &sidecar));
+        if let Err(e) = &saved {
+            tracing::debug!(path = %temp.path().display(), error = %e, "saving a resume point failed");
+        }
+        saved.is_ok()
+    }
+}
+
+/// The writer thread: appends each batch (from byte `offset` on), then
+/// passes it to the hasher; records a resume point every
+/// [`partial::CHECKPOINT_BYTES`]. Returns the temp file only when the queue
+/// closed with every byte written. Cut off while the daemon stops, it keeps
+/// the file and its sidecar for the next start.
+fn write_all(
+    temp: NamedTempFile,
+    offset: u64,
+    mut rx: mpsc::Receiver<Vec<Bytes>>,
+    hash_tx: std_mpsc::SyncSender<Vec<Bytes>>,
+    checkpoints: Checkpoints,
+) -> Result<NamedTempFile, StoreError> {
+    let wrap = |op| StoreError::io(op, temp.path());
+    let mut writer = Writer::at(temp.as_file(), temp.path(), offset);
+    let mut saved = offset;
+    let result = (|| {
+        while let Some(batch) = rx.blocking_recv() {
+            for chunk in &batch {
+                writer.write(chunk).map_err(wrap("write"))?;
+            }
+            if hash_tx.send(batch).is_err() {
+                break;
+            }
+            let written = writer.written();
+            if written >= saved + partial::CHECKPOINT_BYTES && checkpoints.save(&temp, written) {
+                saved = written;
+            }
+        }
+        writer.finish().map_err(wrap("write"))
+    })();
+    let stopping = checkpoints.store.keeping.load(Ordering::SeqCst);
+    let cut_off = !checkpoints.committing.load(Ordering::SeqCst) && stopping;
+    // The daemon stops mid-transfer: keep what arrived for the restart.
+    if cut_off
+        && let Ok(done) = result
+        && checkpoints.save(&temp, done)
+    {
+        let path = temp.path().to_owned();
+        if temp.keep().is_ok() {
+            return Err(StoreError::Io {
+                op: "write",
+                path,
+                source: io::Error::other("kept for resuming after the restart"),
+            });
+        }
+        partial::remove(&path);
+        return Err(StoreError::Io {
+            op: "keep",
+            path,
+            source: io::Error::other("could not keep the partial download"),
+        });
+    }
+    partial::remove(temp.path());
+    result.map(|_| temp)
+}
+
+/// The hasher thread: SHA-256 over the first `offset` bytes of `prefix`
+/// (a resumed ingest's), then every batch, in order.
+fn hash_all(
+    prefix: Option<std::fs::File>,
+    offset: u64,
+    rx: std_mpsc::Receiver<Vec<Bytes>>,
+) -> Result<[u8; 32], io::Error> {
+    use std::os::unix::fs::FileExt as _;
     let mut hasher = Sha256::new();
+    if let Some(file) = prefix {
+        let mut buf = vec![0u8; BATCH_BYTES];
+        let mut at = 0u64;
+        while at < offset {
+            let n = (offset - at).min(BATCH_BYTES as u64) as usize;
+            file.read_exact_at(&mut buf[..n], at)?;
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+    }
     for batch in rx {
         for chunk in &batch {
             hasher.update(chunk);
         }
     }
-    hasher.finalize().into()
+    Ok(hasher.finalize().into())
 }
 
 impl Store {

@@ -274,14 +274,18 @@ pub(super) fn open_blob(path: &Path) -> io::Result<Found> {
     }
 }
 
-/// Removes everything in `ingest/`: temp files of interrupted fetches, and
-/// whatever else is there. A link is unlinked, never followed.
-pub(super) fn sweep(ingest: &Path) -> Result<(), StoreError> {
+/// Removes everything in `ingest/` but the paths in `keep`: temp files of
+/// interrupted fetches, and whatever else is there. A link is unlinked,
+/// never followed.
+pub(super) fn sweep_except(ingest: &Path, keep: &[PathBuf]) -> Result<(), StoreError> {
     let entries = fs::read_dir(ingest).map_err(StoreError::io("read", ingest))?;
     let mut swept = 0usize;
     for entry in entries {
         let entry = entry.map_err(StoreError::io("read", ingest))?;
         let path = entry.path();
+        if keep.contains(&path) {
+            continue;
+        }
         // The entry's own type (d_type or lstat), not its target's.
         let removed = match entry.file_type() {
             Ok(t) if t.is_dir() => fs::remove_dir_all(&path),

@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! blobs/sha256/<64 hex>   verified assets, mode 0444, folders 0755
-//! ingest/                 temp files of ingests in progress (0700)
+//! ingest/                 temp files of ingests in progress, and the
+//!                         sidecars (`<temp>.part`) of partial downloads
+//!                         kept across a restart (0700)
 //! quarantine/             blobs that failed verification or reconcile (0700)
 //! meta.redb               metadata (sizes, last use, URLs, leases), 0600
 //! lock                    flock held by the one daemon using this root, 0600
@@ -26,13 +28,18 @@
 //! Invariant: a file under `blobs/` holds exactly the bytes its name says.
 //! Only [`Ingest::commit`] puts files there, after checking size and digest and
 //! fsyncing; a crash leaves at most a temp file in `ingest/`, which
-//! [`Store::open`] sweeps. The store knows nothing of networks or URLs.
+//! [`Store::open`] sweeps, unless its sidecar says which leading bytes are
+//! durable and it is younger than the keep time: then it is kept, never
+//! served, and the next fetch of its digest re-hashes those bytes and goes
+//! on from there (see [`partial`]). The store knows nothing of networks;
+//! URLs only pass through it, redacted.
 
 mod index;
 mod ingest;
 mod layout;
 mod lifecycle;
 mod meta;
+mod partial;
 mod pieces;
 mod writer;
 
@@ -51,6 +58,7 @@ pub use ingest::Ingest;
 pub use layout::Unsafe;
 pub use lifecycle::{Actual, AssetInfo, Corrupt, EvictPolicy, LeaseCap, ListQuery};
 pub use meta::{MetaError, Pin, Record, now_ms};
+pub use partial::{Partial, SourceInfo};
 pub use pieces::Pieces;
 
 /// A store failure, naming what failed.
@@ -222,6 +230,11 @@ pub struct Store {
     /// two never disagree.
     leases: Mutex<()>,
     ingest: PathBuf,
+    /// Partial downloads kept from before a restart, by digest.
+    partials: Mutex<std::collections::HashMap<Digest, Partial>>,
+    /// Set when the daemon stops: an ingest cut off then keeps its temp
+    /// file and sidecar, to be resumed after the restart.
+    keeping: std::sync::atomic::AtomicBool,
     _lock: Flock<fs::File>,
 }
 
@@ -235,6 +248,12 @@ impl Store {
     /// another process uses `root`; [`StoreError::Io`] when a folder can't be
     /// made or read.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
+        Store::open_keeping(root, DEFAULT_KEEP_PARTIALS)
+    }
+
+    /// [`Store::open`], keeping partial downloads younger than `keep_for`
+    /// (see [`partial`]) instead of sweeping them.
+    pub fn open_keeping(root: &Path, keep_for: std::time::Duration) -> Result<Store, StoreError> {
         let blobs = root.join("blobs").join("sha256");
         let ingest = root.join("ingest");
         let quarantine = root.join("quarantine");
@@ -250,7 +269,7 @@ impl Store {
         // quarantine/: refused now rather than after a whole download.
         layout::same_device(&ingest, &blobs)?;
         layout::same_device(&quarantine, &blobs)?;
-        layout::sweep(&ingest)?;
+        let partials = partial::sweep_keeping(&ingest, keep_for)?;
         let on_disk = layout::scan_blobs(&blobs, &quarantine)?;
         let meta = meta::Meta::open(root, &on_disk)?;
         let index = meta.load()?;
@@ -263,6 +282,8 @@ impl Store {
             evicting: Mutex::new(()),
             leases: Mutex::new(()),
             ingest,
+            partials: Mutex::new(partials),
+            keeping: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         })
     }
@@ -365,6 +386,18 @@ impl Store {
         Ingest::start(self, expected, size, limit)
     }
 
+    /// Resumes `partial` (from [`Store::take_partial`]) as an ingest of
+    /// `expected`; see [`Ingest`]. Blocking.
+    pub fn resume(
+        self: &std::sync::Arc<Self>,
+        expected: Digest,
+        partial: &Partial,
+        size: Option<u64>,
+        limit: u64,
+    ) -> Result<Ingest, StoreError> {
+        Ingest::resume(self, expected, partial, size, limit)
+    }
+
     /// Starts a ranged ingest of `expected`, `size` bytes, written in
     /// pieces (see [`Pieces`]).
     pub fn pieces(
@@ -415,11 +448,38 @@ impl Store {
     }
 
     /// Removes every temp file in `ingest/`: at shutdown, once no transfer
-    /// runs. Blocking.
+    /// runs; partial downloads with a sidecar stay, to be resumed. Blocking.
     pub fn sweep_ingest(&self) -> Result<(), StoreError> {
-        layout::sweep(&self.ingest)
+        let keep: Vec<PathBuf> = std::fs::read_dir(&self.ingest)
+            .map_err(StoreError::io("read", &self.ingest))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "part") || partial::sidecar_path(p).exists()
+            })
+            .collect();
+        layout::sweep_except(&self.ingest, &keep)
+    }
+
+    /// From now on, an ingest cut off keeps its temp file and sidecar for
+    /// the next start (the daemon is stopping).
+    pub fn keep_partials(&self) {
+        self.keeping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The partial download of `digest` kept from before a restart, taken
+    /// (a second fetch won't find it).
+    pub fn take_partial(&self, digest: &Digest) -> Option<Partial> {
+        self.partials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(digest)
     }
 }
+
+/// How long partial downloads are kept across a restart by default.
+pub const DEFAULT_KEEP_PARTIALS: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Takes the root's lock: a file of the daemon's user alone (anyone who can
 /// open it could hold the lock and keep the daemon from starting).

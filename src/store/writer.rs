@@ -40,8 +40,10 @@ pub(super) struct Writer<'a> {
 }
 
 impl<'a> Writer<'a> {
-    /// A writer for the empty file `file` at `path`.
-    pub(super) fn new(file: &'a File, path: &Path) -> Writer<'a> {
+    /// A writer appending to `file` at `path` from byte `offset` (a
+    /// resumed ingest). An offset not aligned for direct I/O makes the
+    /// writes go buffered.
+    pub(super) fn at(file: &'a File, path: &Path, offset: u64) -> Writer<'a> {
         let staging = vec![0u8; CHUNK + ALIGN];
         let start = staging.as_ptr().align_offset(ALIGN);
         let direct = OpenOptions::new()
@@ -49,14 +51,14 @@ impl<'a> Writer<'a> {
             .custom_flags((OFlag::O_DIRECT | OFlag::O_NOFOLLOW).bits())
             .open(path)
             .ok()
-            .filter(|_| start < ALIGN);
+            .filter(|_| start < ALIGN && offset.is_multiple_of(ALIGN as u64));
         Writer {
             buffered: file,
             direct,
             staging,
             start,
             filled: 0,
-            offset: 0,
+            offset,
         }
     }
 
@@ -94,6 +96,11 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// Bytes written to the file so far (not counting what is staged).
+    pub(super) fn written(&self) -> u64 {
+        self.offset
+    }
+
     /// Writes the tail. The caller still has to fsync.
     pub(super) fn finish(mut self) -> io::Result<u64> {
         self.flush()?;
@@ -107,7 +114,7 @@ mod tests {
 
     fn round_trip(dir: &Path) {
         let temp = tempfile::NamedTempFile::new_in(dir).unwrap();
-        let mut writer = Writer::new(temp.as_file(), temp.path());
+        let mut writer = Writer::at(temp.as_file(), temp.path(), 0);
         let data: Vec<u8> = (0..CHUNK * 2 + 12345).map(|i| (i % 251) as u8).collect();
         for piece in data.chunks(100_000) {
             writer.write(piece).unwrap();

@@ -22,6 +22,7 @@ mod pipeline;
 mod policy;
 mod proxy_tls;
 mod ranged;
+mod resume;
 mod seams;
 mod shutdown;
 mod systemd;
