@@ -136,20 +136,7 @@ impl GcsSource {
         resume: Option<&Resume>,
         access: Access,
     ) -> Result<Opened, SourceError> {
-        let mut object = ObjectRef::parse(url)?;
-        let denied = |reason: String| SourceError::Denied {
-            url: super::redacted(url),
-            reason,
-        };
-        self.policy
-            .check_bucket(&object.bucket)
-            .map_err(|r| denied(r.reason))?;
-        if !access.admin && matches!(self.auth, Auth::Adc(_)) && !self.policy.names_buckets() {
-            return Err(denied(format!(
-                "gs:// is read with the node's credentials; a caller that is not an admin may read only buckets the operator allowed (--allow-source gs://{})",
-                object.bucket
-            )));
-        }
+        let mut object = self.allowed(url, access)?;
         let pinned = object.generation;
         let resume = resume.and_then(|r| Some((r.offset, r.validator.parse::<u64>().ok()?)));
         let meta = match resume {
@@ -183,7 +170,8 @@ impl GcsSource {
             _ => None,
         };
         let media = self.media_url(&object, Some(generation), &[("alt", "media")]);
-        let body = self.media(url.clone(), media, offset).try_flatten_stream();
+        let range = (offset > 0).then(|| format!("bytes={offset}-"));
+        let body = self.media(url.clone(), media, range).try_flatten_stream();
         let body: ByteStream = match crc32c {
             Some(expected) => Box::pin(Crc32cCheck::new(Box::pin(body), expected, url)),
             None => Box::pin(body),
@@ -192,7 +180,63 @@ impl GcsSource {
             size: Some(size),
             offset,
             validator: Some(generation.to_string()),
-            ranges: false,
+            // Any range of a generation can be read.
+            ranges: offset == 0,
+            body,
+        })
+    }
+
+    /// The object `url` names, if `access` may read it: the bucket passes
+    /// the policy, and with the node's credentials, a caller other than an
+    /// admin reads only buckets the operator allowed by name.
+    fn allowed(&self, url: &Url, access: Access) -> Result<ObjectRef, SourceError> {
+        let object = ObjectRef::parse(url)?;
+        let denied = |reason: String| SourceError::Denied {
+            url: super::redacted(url),
+            reason,
+        };
+        self.policy
+            .check_bucket(&object.bucket)
+            .map_err(|r| denied(r.reason))?;
+        if !access.admin && matches!(self.auth, Auth::Adc(_)) && !self.policy.names_buckets() {
+            return Err(denied(format!(
+                "gs:// is read with the node's credentials; a caller that is not an admin may read only buckets the operator allowed (--allow-source gs://{})",
+                object.bucket
+            )));
+        }
+        Ok(object)
+    }
+
+    /// Bytes `range` of the generation `validator` names.
+    async fn read_range(
+        &self,
+        url: &Url,
+        range: std::ops::Range<u64>,
+        validator: Option<&str>,
+        access: Access,
+    ) -> Result<Opened, SourceError> {
+        let object = self.allowed(url, access)?;
+        let generation = validator
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| SourceError::NoRanges {
+                url: super::redacted(url),
+            })?;
+        let media = self.media_url(&object, Some(generation), &[("alt", "media")]);
+        let bytes = format!("bytes={}-{}", range.start, range.end.saturating_sub(1));
+        let body = match self.media(url.clone(), media, Some(bytes)).await {
+            Err(SourceError::NotFound { .. }) => {
+                return Err(SourceError::Changed {
+                    url: super::redacted(url),
+                    detail: format!("generation {generation} is gone"),
+                });
+            }
+            other => other?,
+        };
+        Ok(Opened {
+            size: None,
+            offset: range.start,
+            validator: Some(generation.to_string()),
+            ranges: true,
             body,
         })
     }
@@ -212,16 +256,18 @@ impl GcsSource {
             .map_err(|e| SourceError::reqwest(url, e))
     }
 
-    /// The media request, sent when the body is first polled.
+    /// The media request, for the bytes `range` says (`bytes=A-` or
+    /// `bytes=A-B`; `None` for all), sent when the body is first polled.
     fn media(
         &self,
         url: Url,
         media: Url,
-        offset: u64,
+        range: Option<String>,
     ) -> impl Future<Output = Result<ByteStream, SourceError>> + Send + use<> {
         let mut request = self.client.get(media);
-        if offset > 0 {
-            request = request.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        let partial = range.is_some();
+        if let Some(range) = range {
+            request = request.header(reqwest::header::RANGE, range);
         }
         let authorized = self.authorize(&url, request);
         async move {
@@ -230,7 +276,7 @@ impl GcsSource {
                 .send()
                 .await
                 .map_err(|e| SourceError::reqwest(&url, e))?;
-            let expected = if offset > 0 {
+            let expected = if partial {
                 StatusCode::PARTIAL_CONTENT
             } else {
                 StatusCode::OK
@@ -366,6 +412,16 @@ impl Source for GcsSource {
         access: Access,
     ) -> OpenFuture<'a> {
         Box::pin(self.read(url, resume, access))
+    }
+
+    fn open_range<'a>(
+        &'a self,
+        url: &'a Url,
+        range: std::ops::Range<u64>,
+        validator: Option<&'a str>,
+        access: Access,
+    ) -> OpenFuture<'a> {
+        Box::pin(self.read_range(url, range, validator, access))
     }
 }
 

@@ -269,3 +269,25 @@ async fn an_idle_daemon_looks_for_no_credentials() {
     assert!(log.contains("serving"), "{log}");
     assert!(!log.contains("metadata.google.internal"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_gcs_object_comes_in_pieces_of_its_generation() {
+    let body = random_bytes(40 << 20, 39);
+    let digest = digest_of(&body);
+    let gcs = FakeGcs::start(&[("images", "vm/kernel.img", &body)]);
+    let daemon = daemon_for(&gcs, &["--ranged-min-size", "16MiB"]);
+    let reply = daemon
+        .client()
+        .await
+        .fetch(request("gs://images/vm/kernel.img", &digest))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(std::fs::read(&reply.path).unwrap(), body);
+    let log = daemon.log();
+    assert!(
+        log.contains("reading in pieces") && log.contains("pieces=5"),
+        "{log}"
+    );
+    assert!(daemon.ingest().is_empty());
+}
