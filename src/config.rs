@@ -53,6 +53,11 @@ pub const DEFAULT_MIN_RATE: u64 = 1 << 10;
 /// hold its slot at most this times `attempts`. An hour moves 8 GiB at
 /// 2.4 MB/s.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Connections a large transfer reads pieces over (as aria2c -x8, Dragonfly
+/// and the Azure SDK do).
+pub const DEFAULT_CONNECTIONS: usize = 8;
+/// Below this, one stream: the extra requests cost more than they bring.
+pub const DEFAULT_RANGED_MIN_SIZE: u64 = 64 << 20;
 /// Free space kept on the store's file system for logs and the node's other
 /// work: 512 MiB.
 pub const DEFAULT_RESERVE_FREE: u64 = 512 << 20;
@@ -242,6 +247,11 @@ pub struct FetchConfig {
     /// Prewarm assets one user may have queued or running (admins exempt);
     /// a batch that would pass it is refused whole.
     pub max_prewarm_per_uid: usize,
+    /// Connections one transfer reads pieces over, for a source that
+    /// serves byte ranges; 1 for one stream always.
+    pub connections: usize,
+    /// Assets smaller than this are read in one stream.
+    pub ranged_min_size: ByteSize,
 }
 
 /// What the sources may read and how they authenticate.
@@ -374,6 +384,8 @@ impl Default for FetchConfig {
             attempt_timeout: Seconds(DEFAULT_ATTEMPT_TIMEOUT),
             reserve_free: ByteSize(DEFAULT_RESERVE_FREE),
             max_prewarm_per_uid: DEFAULT_MAX_PREWARM_PER_UID,
+            connections: DEFAULT_CONNECTIONS,
+            ranged_min_size: ByteSize(DEFAULT_RANGED_MIN_SIZE),
         }
     }
 }
@@ -743,6 +755,7 @@ impl Config {
                 self.server.max_connections_per_uid,
             ),
             ("fetch.attempts", self.fetch.attempts as usize),
+            ("fetch.connections", self.fetch.connections),
         ] {
             if n == 0 {
                 return Err(ConfigError::Zero { what });

@@ -117,7 +117,11 @@ fn fetcher(store: Store, config: &Config, lifetime: Lifetime) -> Result<Fetcher,
         file_roots = ?config.sources.file_roots,
         public_file_roots = ?config.sources.public_file_roots,
         admin_group = config.server.admin_group.as_deref().unwrap_or("none"),
-        gcs_emulator = config.sources.gcs_emulator.as_deref().unwrap_or("none"),
+        gcs_emulator = config
+            .sources
+            .gcs_emulator
+            .as_deref()
+            .map_or_else(|| "none".to_owned(), redacted_address),
         source_policy = %config.sources.policy().describe(),
         proxies = %shown_proxies,
         ca_file = %config.sources.ca_file.as_ref().map_or("none".to_owned(), |p| {
@@ -132,4 +136,27 @@ fn fetcher(store: Store, config: &Config, lifetime: Lifetime) -> Result<Fetcher,
         config.cache,
         lifetime,
     ))
+}
+
+/// An operator's address (`host:port` or a URL) fit for the log: a URL's
+/// user name, password and query hidden.
+fn redacted_address(address: &str) -> String {
+    match url::Url::parse(address) {
+        Ok(url) if url.has_host() => crate::source::redacted(&url),
+        _ => address.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operators_address_is_logged_without_credentials() {
+        assert_eq!(
+            redacted_address("http://user:SECRET@127.0.0.1:4443"),
+            "http://127.0.0.1:4443/"
+        );
+        assert_eq!(redacted_address("127.0.0.1:4443"), "127.0.0.1:4443");
+    }
 }

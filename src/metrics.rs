@@ -269,45 +269,104 @@ pub async fn bind(listen: &MetricsListen) -> std::io::Result<Endpoint> {
     }
 }
 
-/// Serves `GET /metrics` on `endpoint` until `stop`.
+/// Scrapes served at once; more connections are closed at once. A scraper
+/// needs one; this keeps a flood of slow clients from taking the daemon's
+/// file descriptors.
+const MAX_SCRAPES: usize = 8;
+/// Longest a scrape's connection stays open, request and answer together.
+const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `GET /metrics` on `endpoint` until `stop`: HTTP/1.1, at most
+/// [`MAX_SCRAPES`] connections at a time, each closed after
+/// [`SCRAPE_TIMEOUT`].
 pub async fn serve(
     endpoint: Endpoint,
     fetcher: Fetcher,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let fetcher = fetcher.clone();
-            async move {
-                let text = fetcher.metrics().render(fetcher.stats());
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    text,
-                )
-            }
-        }),
-    );
-    let stopped = async move { stop.cancelled().await };
-    let served = match endpoint {
-        Endpoint::Tcp(listener) => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-        }
-        Endpoint::Unix(listener, path) => {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await;
-            let _ = std::fs::remove_file(path);
-            served
-        }
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
+    let (listener, path) = match endpoint {
+        Endpoint::Tcp(l) => (Accept::Tcp(l), None),
+        Endpoint::Unix(l, path) => (Accept::Unix(l), Some(path)),
     };
-    if let Err(e) = served {
-        tracing::warn!(error = %e, "serving metrics failed");
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Over the cap: dropped, so closed, at once.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let fetcher = fetcher.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |request| {
+                let answer = scrape(&fetcher, &request);
+                async move { Ok::<_, std::convert::Infallible>(answer) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(SCRAPE_TIMEOUT, conn).await;
+        });
+    }
+    if let Some(path) = path {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The answer to one request: the metrics for `GET /metrics`, else 404.
+fn scrape<B>(
+    fetcher: &Fetcher,
+    request: &hyper::Request<B>,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let (status, kind, text) = match (request.method(), request.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => (
+            hyper::StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            fetcher.metrics().render(fetcher.stats()),
+        ),
+        _ => (
+            hyper::StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: metrics are at /metrics\n".to_owned(),
+        ),
+    };
+    let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)));
+    *response.status_mut() = status;
+    if let Ok(kind) = hyper::header::HeaderValue::from_str(kind) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, kind);
+    }
+    response
+}
+
+/// A listener of either kind, yielding one stream type.
+enum Accept {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// An accepted connection of either kind.
+type Stream = Box<dyn AsyncStream>;
+trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncStream for T {}
+
+impl Accept {
+    async fn accept(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Accept::Tcp(l) => Box::new(l.accept().await?.0),
+            Accept::Unix(l) => Box::new(l.accept().await?.0),
+        })
     }
 }
 

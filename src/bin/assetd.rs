@@ -125,6 +125,13 @@ struct Args {
     /// counts as a failed try); 0s for no limit [default: 60m]
     #[arg(long)]
     attempt_timeout: Option<Seconds>,
+    /// Connections a transfer of a large asset reads pieces over, when the
+    /// source serves byte ranges; 1 for one stream always [default: 8]
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Assets smaller than this are read in one stream [default: 64MiB]
+    #[arg(long)]
+    ranged_min_size: Option<ByteSize>,
     /// Most bytes of cached assets; least recently used unleased ones are
     /// evicted past it (0: no cap) [default: 0]
     #[arg(long)]
@@ -229,6 +236,8 @@ impl Args {
         set(&mut fetch.stall_timeout, args.stall_timeout);
         set(&mut fetch.min_rate, args.min_rate);
         set(&mut fetch.attempt_timeout, args.attempt_timeout);
+        set(&mut fetch.connections, args.connections);
+        set(&mut fetch.ranged_min_size, args.ranged_min_size);
         set(&mut fetch.reserve_free, args.reserve_free);
         let cache = &mut config.cache;
         set(&mut cache.max_cache_bytes, args.max_cache_bytes);

@@ -74,6 +74,8 @@ pub(super) struct CallerTerms {
     pub size: Option<u64>,
     /// The most bytes the caller accepts.
     pub limit: u64,
+    /// Connections the caller allows for pieces (`None`: the daemon's).
+    pub connections: Option<usize>,
 }
 
 /// What a shared transfer runs under: the union of its live callers'
@@ -97,6 +99,19 @@ impl Terms {
     /// transfer is being cancelled then).
     pub fn limit(&self) -> u64 {
         self.callers.values().map(|c| c.limit).max().unwrap_or(0)
+    }
+
+    /// Connections for pieces: the most any live caller allows (`None`,
+    /// the daemon's own, when one of them left it to the daemon).
+    pub fn connections(&self) -> Option<usize> {
+        let mut most = Some(0);
+        for caller in self.callers.values() {
+            most = match (most, caller.connections) {
+                (Some(m), Some(c)) => Some(m.max(c)),
+                _ => None,
+            };
+        }
+        most.filter(|&n| n > 0)
     }
 
     /// The size every live caller expects, if they all gave the same one.
@@ -397,6 +412,7 @@ mod tests {
     const OPEN: CallerTerms = CallerTerms {
         size: None,
         limit: 100,
+        connections: None,
     };
 
     /// Starts or joins with a launch that spawns nothing (a dummy task).
@@ -490,6 +506,7 @@ mod tests {
         let low = CallerTerms {
             size: Some(10),
             limit: 10,
+            connections: None,
         };
         let (a, launch) = seat(&flights, low, &[url("a")]);
         let terms = launch.unwrap().terms;

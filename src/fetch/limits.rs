@@ -17,6 +17,9 @@ pub(super) struct Limits {
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
     per_uid: usize,
     uids: Mutex<HashMap<u32, Arc<Semaphore>>>,
+    /// A user's slots on one host: fewer than the host's, so one user can
+    /// never hold them all.
+    uid_hosts: Mutex<HashMap<(u32, String), Arc<Semaphore>>>,
     counts: Arc<Counts>,
 }
 
@@ -46,6 +49,7 @@ impl Drop for Counted {
 /// A transfer's slots; released on drop.
 pub(super) struct Permits {
     _uid: Option<OwnedSemaphorePermit>,
+    _uid_host: Option<OwnedSemaphorePermit>,
     _host: Option<OwnedSemaphorePermit>,
     _all: Option<OwnedSemaphorePermit>,
     _running: Counted,
@@ -59,6 +63,7 @@ impl Limits {
             hosts: Mutex::new(HashMap::new()),
             per_uid: max_per_uid.max(1),
             uids: Mutex::new(HashMap::new()),
+            uid_hosts: Mutex::new(HashMap::new()),
             counts: Arc::default(),
         }
     }
@@ -73,16 +78,29 @@ impl Limits {
     }
 
     /// Waits for a slot of `uid` (the user who started the transfer; `None`
-    /// for an admin, who is exempt), then of `url`'s host, then an overall
+    /// for an admin, who is exempt), then of that user on `url`'s host (one
+    /// fewer than the host has), then of the host, then an overall
     /// one. The narrower ones come first so that a transfer waiting on a busy
     /// user or host holds no slot that others could use.
     pub(super) async fn acquire(&self, url: &Url, uid: Option<u32>) -> Permits {
         let waiting = Counted::new(&self.counts, |c| &c.waiting);
+        // The port counts: another port on the same host is another server.
+        let key = format!(
+            "{}://{}:{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default().unwrap_or(0)
+        );
+        let per_uid_host = self.per_host.saturating_sub(1).max(1);
+        let uid_host = uid.map(|uid| slot(&self.uid_hosts, (uid, key.clone()), per_uid_host));
         let uid = uid.map(|uid| slot(&self.uids, uid, self.per_uid));
-        let key = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
         let host = slot(&self.hosts, key, self.per_host);
         // The semaphores are never closed, so acquiring cannot fail.
         let uid = match uid {
+            Some(s) => s.acquire_owned().await.ok(),
+            None => None,
+        };
+        let uid_host = match uid_host {
             Some(s) => s.acquire_owned().await.ok(),
             None => None,
         };
@@ -91,6 +109,7 @@ impl Limits {
         drop(waiting);
         Permits {
             _uid: uid,
+            _uid_host: uid_host,
             _host: host,
             _all: all,
             _running: Counted::new(&self.counts, |c| &c.running),
@@ -147,6 +166,41 @@ mod tests {
         );
         drop(b);
         assert_eq!(limits.counts(), (0, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_user_cannot_take_every_slot_of_a_host_and_ports_are_hosts() {
+        let limits = Arc::new(Limits::new(16, 4, 8));
+        let mut held = Vec::new();
+        for i in 0..3 {
+            held.push(
+                limits
+                    .acquire(&url(&format!("http://h:8082/{i}")), Some(1000))
+                    .await,
+            );
+        }
+        let fourth = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            limits.acquire(&url("http://h:8082/3"), Some(1000)),
+        )
+        .await;
+        assert!(
+            fourth.is_err(),
+            "a user holds at most 3 of a host's 4 slots"
+        );
+        // Another user gets the fourth; another port is another host.
+        let other = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            limits.acquire(&url("http://h:8082/x"), Some(2000)),
+        )
+        .await;
+        assert!(other.is_ok());
+        let port = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            limits.acquire(&url("http://h:8080/x"), Some(1000)),
+        )
+        .await;
+        assert!(port.is_ok());
     }
 
     #[tokio::test(start_paused = true)]

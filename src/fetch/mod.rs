@@ -22,6 +22,7 @@ mod admin;
 mod flight;
 mod limits;
 mod prewarm;
+mod ranged;
 mod transfer;
 
 use std::sync::Arc;
@@ -239,6 +240,8 @@ pub struct Want {
     pub size: Option<u64>,
     /// The caller's own size limit, when lower than the daemon's.
     pub max_size: Option<u64>,
+    /// Connections the caller allows for pieces (`None`: the daemon's).
+    pub connections: Option<usize>,
     /// The lease to pin the asset for, once it is cached.
     pub lease: Option<Lease>,
     /// Who asks.
@@ -309,6 +312,8 @@ struct Inner {
     /// Prewarm assets queued or running, per uid (non-admins only).
     prewarms: prewarm::Queued,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Pieces of ranged transfers in flight, daemon-wide.
+    piece_slots: tokio::sync::Semaphore,
 }
 
 /// Fetches assets into the store and answers for it. Cheap to clone.
@@ -358,6 +363,7 @@ impl Fetcher {
             lifetime,
             prewarms: prewarm::Queued::default(),
             metrics: Arc::default(),
+            piece_slots: tokio::sync::Semaphore::new(ranged::DAEMON_IN_FLIGHT),
         };
         Fetcher {
             inner: Arc::new(inner),
@@ -444,6 +450,7 @@ impl Fetcher {
         let terms = CallerTerms {
             size: want.size,
             limit,
+            connections: want.connections,
         };
         let inner = &self.inner;
         let mut launched = false;

@@ -21,7 +21,7 @@ use tokio_stream::StreamExt as _;
 
 use super::flight::{Launch, State, Terms, lock};
 use super::{Caller, FetchError, Inner};
-use crate::source::{Access, Resume, Source, SourceUrl};
+use crate::source::{Access, Resume, Source, SourceError, SourceUrl};
 use crate::store::{Blob, Ingest, StoreError};
 
 /// First backoff; doubled per failed try, with full jitter.
@@ -213,13 +213,22 @@ async fn from_url(
         terms,
         ingest: None,
         validator: None,
+        done: None,
+        one_stream: false,
     };
     let mut failures = 0;
     loop {
         let before = attempt.received();
+        let was_ranged = !attempt.one_stream;
         let Err(e) = attempt.run(source.as_ref(), state).await else {
             break;
         };
+        if was_ranged && attempt.one_stream {
+            // A ranged read gave up on pieces: start over in one stream
+            // from byte 0, at once and without counting a try.
+            tracing::info!(%digest, %url, error = %e, "reading in one stream instead");
+            continue;
+        }
         // A try cut by the deadline counts whatever it brought: a trickle
         // just above the minimum rate can't go on for ever.
         if attempt.received() >= before.saturating_add(PROGRESS_RESETS_TRIES)
@@ -236,6 +245,9 @@ async fn from_url(
         tracing::info!(%digest, %url, error = %e, retry_in = ?delay, "retrying");
         inner.metrics.retried();
         tokio::time::sleep(delay).await;
+    }
+    if let Some(blob) = attempt.done.take() {
+        return Ok(blob);
     }
     match attempt.ingest.take() {
         Some(mut ingest) => {
@@ -260,11 +272,24 @@ struct Attempt<'a> {
     terms: &'a Mutex<Terms>,
     ingest: Option<Ingest>,
     validator: Option<String>,
+    /// The asset, when a ranged read committed it.
+    done: Option<Blob>,
+    /// Read in one stream from now on: the source could not serve the
+    /// pieces (it changed, refused ranges, or its pieces did not verify).
+    one_stream: bool,
 }
 
 impl Attempt<'_> {
     fn received(&self) -> u64 {
         self.ingest.as_ref().map_or(0, Ingest::received)
+    }
+
+    /// Connections for pieces: what the callers allow, at most the daemon's.
+    fn connections(&self) -> usize {
+        let daemon = self.inner.fetch.connections;
+        lock(self.terms)
+            .connections()
+            .map_or(daemon, |n| n.min(daemon))
     }
 
     /// The expected size and the limit, as the callers waiting now set them.
@@ -300,6 +325,49 @@ impl Attempt<'_> {
         if let Some(total) = opened.size {
             self.check_declared(total)?;
             check_space(self.inner, total.saturating_sub(opened.offset)).await?;
+        }
+        if let (0, 0, true, false, Some(size)) = (
+            self.received(),
+            opened.offset,
+            opened.ranges,
+            self.one_stream,
+            opened.size,
+        ) && let connections = self.connections()
+            && let Some(piece) =
+                super::ranged::piece_size(size, self.inner.fetch.ranged_min_size.0, connections)
+        {
+            let job = super::ranged::Job {
+                inner: self.inner,
+                digest: self.digest,
+                source,
+                url: self.url,
+                access: self.access,
+                validator: opened.validator.clone(),
+                size,
+                piece,
+                connections,
+            };
+            return match super::ranged::run(job, opened.body, state).await {
+                Ok(blob) => {
+                    self.done = Some(blob);
+                    Ok(())
+                }
+                Err(e) => {
+                    // Another version, ranges refused or answered wrongly, or
+                    // (without a validator to hold pieces to one version)
+                    // bytes that don't verify: one stream from byte 0.
+                    self.one_stream = matches!(
+                        e,
+                        FetchError::Source(
+                            SourceError::Changed { .. }
+                                | SourceError::NoRanges { .. }
+                                | SourceError::BadRange { .. }
+                        )
+                    ) || (opened.validator.is_none()
+                        && matches!(e, FetchError::Store(StoreError::DigestMismatch { .. })));
+                    Err(e)
+                }
+            };
         }
         if opened.offset != self.received() {
             // The source could not go on (a new version, or Range ignored):
@@ -527,7 +595,7 @@ fn is_terms_error(err: &FetchError) -> bool {
     }
 }
 
-fn is_retryable(err: &FetchError) -> bool {
+pub(super) fn is_retryable(err: &FetchError) -> bool {
     match err {
         FetchError::Source(e) => e.is_retryable(),
         FetchError::Stalled { .. }
@@ -546,7 +614,7 @@ fn retry_after(err: &FetchError) -> Option<Duration> {
 
 /// Exponential backoff with full jitter, or the upstream's `Retry-After`,
 /// capped at [`BACKOFF_MAX`].
-fn backoff(failures: u32, retry_after: Option<Duration>) -> Duration {
+pub(super) fn backoff(failures: u32, retry_after: Option<Duration>) -> Duration {
     if let Some(wait) = retry_after {
         return wait.min(BACKOFF_MAX);
     }

@@ -40,7 +40,8 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Length, type, flags and stream id (RFC 9113 4.1).
 const FRAME_HEADER_LEN: usize = 9;
 const HEADERS: u8 = 0x1;
-const PING: u8 = 0x6;
+const DATA: u8 = 0x0;
+const CONTINUATION: u8 = 0x9;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
@@ -261,7 +262,9 @@ impl State {
                 *have += now.len();
                 out.extend_from_slice(now);
                 if *have == FRAME_HEADER_LEN {
-                    *active |= header[3] != PING;
+                    // Only a request's frames count as activity: pings,
+                    // settings and unknown frames keep nothing open.
+                    *active |= matches!(header[3], DATA | HEADERS | CONTINUATION);
                     *self = State::payload(*header);
                 }
                 rest

@@ -256,6 +256,7 @@ pub(crate) fn want(
         urls,
         size: nonzero(req.size),
         max_size: nonzero(req.max_size),
+        connections: nonzero(u64::from(req.connections)).map(|n| n as usize),
         lease,
         caller,
     })

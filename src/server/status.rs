@@ -103,6 +103,8 @@ fn source_code(err: &SourceError) -> Code {
         SourceError::Status { .. }
         | SourceError::Transport { .. }
         | SourceError::BadRange { .. }
+        | SourceError::Changed { .. }
+        | SourceError::NoRanges { .. }
         | SourceError::Io { .. } => Code::Unavailable,
     }
 }

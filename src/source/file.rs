@@ -111,6 +111,7 @@ impl FileSource {
             size: Some(meta.len()),
             offset,
             validator: Some(validator),
+            ranges: false,
             body: Box::pin(body),
         })
     }

@@ -192,6 +192,7 @@ impl GcsSource {
             size: Some(size),
             offset,
             validator: Some(generation.to_string()),
+            ranges: false,
             body,
         })
     }

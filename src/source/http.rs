@@ -90,42 +90,16 @@ impl HttpSource {
     }
 
     async fn get(&self, url: &Url, resume: Option<&Resume>) -> Result<Opened, SourceError> {
-        let mut at = url.clone();
-        let mut hops = 0;
-        let response = loop {
-            let client = self.route(&at).map_err(|r| denied(url, r))?;
-            let mut request = client.get(at.clone());
-            if let Some(resume) = resume {
-                // If-Range: the server sends the rest only if the object is
-                // still the version we began with, else the whole new one (200).
-                request = request
-                    .header(header::RANGE, format!("bytes={}-", resume.offset))
-                    .header(header::IF_RANGE, &resume.validator);
-            }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| match policy::refusal(&e) {
-                    Some(refused) => denied(url, refused.clone()),
-                    None => SourceError::reqwest(url, e),
-                })?;
-            let next = match redirect(&at, &response) {
-                None => break response,
-                Some(next) => next,
-            };
-            let fail = |detail: String| SourceError::Transport {
-                url: super::redacted(url),
-                detail,
-                retryable: false,
-            };
-            if hops == MAX_REDIRECTS {
-                return Err(fail(format!(
-                    "too many redirects (more than {MAX_REDIRECTS})"
-                )));
-            }
-            hops += 1;
-            at = next.map_err(fail)?;
+        // If-Range: the server sends the rest only if the object is still
+        // the version we began with, else the whole new one (200).
+        let headers = match resume {
+            Some(resume) => vec![
+                (header::RANGE, format!("bytes={}-", resume.offset)),
+                (header::IF_RANGE, resume.validator.clone()),
+            ],
+            None => Vec::new(),
         };
+        let response = self.send(url, &headers).await?;
         let status = response.status();
         let (offset, size) = match (status, resume) {
             (StatusCode::PARTIAL_CONTENT, Some(resume)) => (
@@ -143,18 +117,130 @@ impl HttpSource {
             }
         };
         let validator = validator(&response);
-        let stream_url = url.clone();
-        let body = response
-            .bytes_stream()
-            // A failure mid-body is a broken transfer: always worth resuming.
-            .map(move |chunk| chunk.map_err(|e| SourceError::body(&stream_url, e)));
+        // Pieces may be read when the server says it serves byte ranges.
+        let ranges = status == StatusCode::OK
+            && response
+                .headers()
+                .get(header::ACCEPT_RANGES)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bytes"));
         Ok(Opened {
             size,
             offset,
             validator,
-            body: Box::pin(body),
+            ranges,
+            body: body(url, response),
         })
     }
+
+    /// Bytes `range` of the version `validator` names: `If-Match` for a
+    /// strong ETag, `If-Unmodified-Since` for a Last-Modified date.
+    async fn get_range(
+        &self,
+        url: &Url,
+        range: std::ops::Range<u64>,
+        validator: Option<&str>,
+    ) -> Result<Opened, SourceError> {
+        let last = range.end.saturating_sub(1);
+        let mut headers = vec![(header::RANGE, format!("bytes={}-{last}", range.start))];
+        match validator {
+            Some(etag) if etag.starts_with('"') => {
+                headers.push((header::IF_MATCH, etag.to_owned()));
+            }
+            Some(date) => headers.push((header::IF_UNMODIFIED_SINCE, date.to_owned())),
+            None => {}
+        }
+        let response = self.send(url, &headers).await?;
+        let status = response.status();
+        if status == StatusCode::PRECONDITION_FAILED {
+            return Err(SourceError::Changed {
+                url: super::redacted(url),
+                detail: "HTTP 412 to a piece's If-Match or If-Unmodified-Since".to_owned(),
+            });
+        }
+        if status != StatusCode::PARTIAL_CONTENT {
+            return Err(match status.is_success() {
+                true => SourceError::BadRange {
+                    url: super::redacted(url),
+                    offset: range.start,
+                    got: format!("HTTP {status} to a range request"),
+                },
+                false => SourceError::from_status(url, status, retry_after(&response), "GET"),
+            });
+        }
+        let got = response
+            .headers()
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if parse_content_range_exact(&got) != Some((range.start, last)) {
+            return Err(SourceError::BadRange {
+                url: super::redacted(url),
+                offset: range.start,
+                got: format!("Content-Range {got:?} for bytes {}-{last}", range.start),
+            });
+        }
+        let size = content_range_total(url, &response, range.start)?;
+        Ok(Opened {
+            size,
+            offset: range.start,
+            validator: validator.map(str::to_owned),
+            ranges: true,
+            body: body(url, response),
+        })
+    }
+
+    /// Sends a GET for `url` with `headers`, following redirects one hop at
+    /// a time, each checked against the policy and routed on its own.
+    async fn send(
+        &self,
+        url: &Url,
+        headers: &[(header::HeaderName, String)],
+    ) -> Result<reqwest::Response, SourceError> {
+        let mut at = url.clone();
+        let mut hops = 0;
+        loop {
+            let client = self.route(&at).map_err(|r| denied(url, r))?;
+            let mut request = client.get(at.clone());
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| match policy::refusal(&e) {
+                    Some(refused) => denied(url, refused.clone()),
+                    None => SourceError::reqwest(url, e),
+                })?;
+            let next = match redirect(&at, &response) {
+                None => return Ok(response),
+                Some(next) => next,
+            };
+            let fail = |detail: String| SourceError::Transport {
+                url: super::redacted(url),
+                detail,
+                retryable: false,
+            };
+            if hops == MAX_REDIRECTS {
+                return Err(fail(format!(
+                    "too many redirects (more than {MAX_REDIRECTS})"
+                )));
+            }
+            hops += 1;
+            at = next.map_err(fail)?;
+        }
+    }
+}
+
+/// The response's body as a stream; a failure mid-body is a broken
+/// transfer, always worth resuming.
+fn body(url: &Url, response: reqwest::Response) -> super::ByteStream {
+    let url = url.clone();
+    Box::pin(
+        response
+            .bytes_stream()
+            .map(move |chunk| chunk.map_err(|e| SourceError::body(&url, e))),
+    )
 }
 
 /// Where a redirect `response` to a request for `at` leads, if it is one
@@ -188,6 +274,16 @@ impl Source for HttpSource {
         _access: Access,
     ) -> OpenFuture<'a> {
         Box::pin(self.get(url, resume))
+    }
+
+    fn open_range<'a>(
+        &'a self,
+        url: &'a Url,
+        range: std::ops::Range<u64>,
+        validator: Option<&'a str>,
+        _access: Access,
+    ) -> OpenFuture<'a> {
+        Box::pin(self.get_range(url, range, validator))
     }
 }
 
@@ -234,6 +330,16 @@ pub(crate) fn parse_content_range(range: &str, offset: u64) -> Option<Option<u64
     };
     let valid = first <= last && total.is_none_or(|t| last < t);
     (valid && first == offset).then_some(total)
+}
+
+/// FIRST and LAST of a valid `Content-Range` value (see
+/// [`parse_content_range`]).
+fn parse_content_range_exact(range: &str) -> Option<(u64, u64)> {
+    let (span, _) = range.strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let (first, last) = (digits(first)?, digits(last)?);
+    parse_content_range(range, first)?;
+    Some((first, last))
 }
 
 /// `text` as a number if it is only ASCII digits (`u64::from_str` also

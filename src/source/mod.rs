@@ -119,6 +119,20 @@ pub enum SourceError {
         /// What the upstream's `Content-Range` said.
         got: String,
     },
+    /// The object is no longer the version a ranged read began with.
+    #[error("{}: the object changed while it was read in pieces ({detail})", bounded(.url))]
+    Changed {
+        /// The URL.
+        url: String,
+        /// How it showed.
+        detail: String,
+    },
+    /// The source cannot read byte ranges of this object.
+    #[error("{}: byte ranges are not supported here", bounded(.url))]
+    NoRanges {
+        /// The URL.
+        url: String,
+    },
     /// The bytes do not match the checksum the source published.
     #[error("{}: {algorithm} mismatch: expected {expected}, got {actual}", bounded(.url))]
     ChecksumMismatch {
@@ -342,6 +356,10 @@ pub struct Opened {
     /// Names this version of the object for a later [`Resume`]; `None` when
     /// the source cannot resume it.
     pub validator: Option<String>,
+    /// Whether the source serves byte ranges of this version
+    /// ([`Source::open_range`]): it said so (`Accept-Ranges: bytes`, a 206)
+    /// and named the version, or needs no name for it.
+    pub ranges: bool,
     /// The object's bytes from `offset`.
     pub body: ByteStream,
 }
@@ -374,6 +392,25 @@ pub trait Source: Send + Sync {
         resume: Option<&'a Resume>,
         access: Access,
     ) -> OpenFuture<'a>;
+
+    /// Opens bytes `range` of the version `validator` names (an
+    /// [`Opened::validator`]; `None` when the source gave none, and the
+    /// digest alone guards the result). Errors: [`SourceError::Changed`]
+    /// when the object is another version now, [`SourceError::BadRange`]
+    /// when the source answers with other bytes than asked,
+    /// [`SourceError::NoRanges`] when it cannot read ranges at all.
+    fn open_range<'a>(
+        &'a self,
+        url: &'a Url,
+        range: std::ops::Range<u64>,
+        validator: Option<&'a str>,
+        access: Access,
+    ) -> OpenFuture<'a> {
+        let _ = (range, validator, access);
+        Box::pin(std::future::ready(Err(SourceError::NoRanges {
+            url: redacted(url),
+        })))
+    }
 }
 
 /// The sources this daemon serves, by URL scheme.

@@ -249,7 +249,12 @@ fn hash_all(rx: std_mpsc::Receiver<Vec<Bytes>>) -> [u8; 32] {
 
 impl Store {
     /// The commit sequence, in an order that must not change. Blocking.
-    fn publish(&self, temp: NamedTempFile, digest: Digest, url: &str) -> Result<Blob, StoreError> {
+    pub(super) fn publish(
+        &self,
+        temp: NamedTempFile,
+        digest: Digest,
+        url: &str,
+    ) -> Result<Blob, StoreError> {
         let wrap = |op| StoreError::io(op, temp.path());
         // INVARIANT: data and mode are durable before the name appears.
         temp.as_file()

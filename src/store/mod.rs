@@ -33,6 +33,7 @@ mod ingest;
 mod layout;
 mod lifecycle;
 mod meta;
+mod pieces;
 mod writer;
 
 use std::fs;
@@ -50,6 +51,7 @@ pub use ingest::Ingest;
 pub use layout::Unsafe;
 pub use lifecycle::{Actual, AssetInfo, Corrupt, EvictPolicy, LeaseCap, ListQuery};
 pub use meta::{MetaError, Pin, Record, now_ms};
+pub use pieces::Pieces;
 
 /// A store failure, naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -361,6 +363,16 @@ impl Store {
         limit: u64,
     ) -> Result<Ingest, StoreError> {
         Ingest::start(self, expected, size, limit)
+    }
+
+    /// Starts a ranged ingest of `expected`, `size` bytes, written in
+    /// pieces (see [`Pieces`]).
+    pub fn pieces(
+        self: &std::sync::Arc<Self>,
+        expected: Digest,
+        size: u64,
+    ) -> Result<Pieces, StoreError> {
+        Pieces::start(self, expected, size)
     }
 }
 

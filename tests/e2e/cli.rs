@@ -515,3 +515,56 @@ async fn a_gc_dry_run_is_open_to_anyone_and_names_no_lease() {
     assert_eq!(report["evicted"], serde_json::json!([assets[1].2]));
     assert_eq!(daemon.blob_digests(), [assets[0].2.clone()].into());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assetctl_never_uses_a_socket_another_user_planted_at_its_default_path() {
+    if !crate::common::root_or_skip() {
+        return;
+    }
+    // Without HOME, uid 43210's own default socket lies under /tmp, where
+    // uid 65534 makes it first and listens.
+    let folder = std::path::PathBuf::from("/tmp/assetd-43210");
+    let _ = std::fs::remove_dir_all(&folder);
+    let socket = folder.join(".cache/assetd/assetd.sock");
+    let script = r#"
+import os, socket, sys
+os.makedirs(os.path.dirname(sys.argv[1]), exist_ok=True)
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o777)
+s.listen(1)
+s.settimeout(3)
+print("listening", flush=True)
+try:
+    s.accept()
+    print("connected")
+except socket.timeout:
+    print("untouched")
+"#;
+    let mut planter = crate::common::as_nobody(crate::common::python())
+        .arg("-c")
+        .arg(script)
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(planter.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    let victim = std::process::Command::new("setpriv")
+        .args(["--reuid=43210", "--regid=43210", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_assetctl"))
+        .arg("ls")
+        .env_remove("HOME")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("ASSETD_SOCKET")
+        .output()
+        .unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let _ = planter.wait();
+    let _ = std::fs::remove_dir_all(&folder);
+    assert_eq!(line.trim(), "untouched", "{victim:?}");
+    assert!(!victim.status.success());
+}

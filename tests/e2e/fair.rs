@@ -259,9 +259,13 @@ async fn admins_see_and_cancel_any_users_transfer() {
     assert_eq!(again.unwrap_err().code(), tonic::Code::NotFound);
 }
 
-/// Speaks just enough HTTP/2 to open a connection, then pings it every
-/// 200 ms and returns how long the daemon kept it open.
-async fn ping_until_closed(socket: &std::path::Path) -> Duration {
+const PING: &[u8] = b"\0\0\x08\x06\0\0\0\0\0pingpong";
+const SETTINGS: &[u8] = b"\0\0\0\x04\0\0\0\0\0";
+const UNKNOWN: &[u8] = b"\0\0\x01\x42\0\0\0\0\0x";
+
+/// Speaks just enough HTTP/2 to open a connection, then sends `frame`
+/// every 200 ms and returns how long the daemon kept it open.
+async fn send_until_closed(socket: &std::path::Path, frame: &'static [u8]) -> Duration {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
     let (mut read, mut write) = stream.into_split();
@@ -271,8 +275,7 @@ async fn ping_until_closed(socket: &std::path::Path) -> Duration {
         .unwrap();
     let start = std::time::Instant::now();
     let pinger = tokio::spawn(async move {
-        let ping = b"\0\0\x08\x06\0\0\0\0\0pingpong";
-        while write.write_all(ping).await.is_ok() {
+        while write.write_all(frame).await.is_ok() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
@@ -292,16 +295,19 @@ async fn ping_until_closed(socket: &std::path::Path) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_closed_even_if_it_pings() {
     let daemon = TestDaemon::start_with(&["--idle-timeout", "1s"]);
-    let open = ping_until_closed(&daemon.socket).await;
-    assert!(
-        (Duration::from_millis(900)..Duration::from_secs(8)).contains(&open),
-        "closed after {open:?}"
-    );
+    // Pings, empty SETTINGS, an unknown frame type: none is a request.
+    for frame in [PING, SETTINGS, UNKNOWN] {
+        let open = send_until_closed(&daemon.socket, frame).await;
+        assert!(
+            (Duration::from_millis(900)..Duration::from_secs(8)).contains(&open),
+            "closed after {open:?}"
+        );
+    }
 
     // With the timeout off, the same connection stays.
     let daemon = TestDaemon::start_with(&["--idle-timeout", "0s"]);
     let socket = daemon.socket.clone();
-    let kept = tokio::time::timeout(Duration::from_secs(3), ping_until_closed(&socket)).await;
+    let kept = tokio::time::timeout(Duration::from_secs(3), send_until_closed(&socket, PING)).await;
     assert!(kept.is_err(), "closed though --idle-timeout is 0s");
 }
 
@@ -424,4 +430,62 @@ async fn a_connection_carries_at_most_64_calls_and_requests_of_256_kib() {
     let err = admin.fetch(huge).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
     assert!(err.message().contains("too large"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_take_every_slot_of_a_host() {
+    if !root_or_skip() {
+        return;
+    }
+    let http = HttpServer::start().await;
+    let daemon = TestDaemon::start_with(&[
+        "--max-per-host",
+        "4",
+        "--max-per-uid",
+        "8",
+        "--stall-timeout",
+        "60s",
+    ]);
+    daemon.open_to_everyone();
+    // Four transfers by one user from one host whose replies never come.
+    let mut hung = Vec::new();
+    for i in 0..4 {
+        let body = random_bytes(4096, 630 + i);
+        let url = http.route(
+            &format!("/hang/{i}"),
+            Reply::Stall {
+                body: body.clone(),
+                after: 0,
+            },
+        );
+        hung.push(fetch_as_nobody(&daemon, &url, &digest_of(&body)));
+    }
+    let asked = || {
+        (0..4)
+            .filter(|i| http.requests_to(&format!("/hang/{i}")) > 0)
+            .count()
+    };
+    wait_until(Duration::from_secs(10), "three of them start", || {
+        asked() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(asked(), 3, "a user holds at most 3 of the host's 4 slots");
+
+    // Root's fetch from the same host gets the fourth at once.
+    let body = random_bytes(64 << 10, 640);
+    let url = http.route("/good", Reply::Body(body.clone()));
+    let mut client = daemon.client().await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.fetch(fetch_req(&url, &digest_of(&body), "")),
+    )
+    .await
+    .expect("a slot of the host is free for others")
+    .unwrap();
+    for mut child in hung {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    daemon.wait_ingest_empty(Duration::from_secs(5)).await;
 }

@@ -21,6 +21,7 @@ mod oracle;
 mod pipeline;
 mod policy;
 mod proxy_tls;
+mod ranged;
 mod seams;
 mod shutdown;
 mod systemd;

@@ -164,3 +164,35 @@ async fn metrics_are_served_on_loopback_only_and_logs_can_be_json() {
         .unwrap_or_else(|| panic!("no JSON 'serving' line in:\n{log}"));
     assert_eq!(serving["level"], "INFO");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_silent_scrapers_costs_the_daemon_nothing() {
+    let port = free_port();
+    let daemon = TestDaemon::start_with(&["--metrics-listen", &format!("127.0.0.1:{port}")]);
+    let before = daemon.open_fds();
+    // 300 connections that never send a request.
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        if let Ok(conn) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            silent.push(conn);
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let during = daemon.open_fds();
+    assert!(
+        during < before + 20,
+        "{before} fds before, {during} with 300 silent scrapers"
+    );
+    // The API answers all the while.
+    daemon
+        .client()
+        .await
+        .list(assetd::proto::ListRequest::default())
+        .await
+        .unwrap();
+    // A silent scraper holding a slot is let go after 5 s, and a real
+    // scrape gets through again.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert!(!scrape(port).await.is_empty());
+    drop(silent);
+}

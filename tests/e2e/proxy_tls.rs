@@ -5,7 +5,7 @@
 //! `scripts/test` installs them).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -13,73 +13,11 @@ use tonic::Code;
 
 use crate::common::gcs::FakeGcs;
 use crate::common::http::{HttpServer, Reply};
+use crate::common::peer::{Peer, free_port, tool, wait_listening};
 use crate::common::{
     TEST_CA_PEM, TestDaemon, WRONG_DIGEST, assert_status, daemon_command, digest_of, fetch_req,
     random_bytes,
 };
-
-/// `name` (from Debian's `package`), found in the usual folders; `None`,
-/// saying the test is skipped, when it is missing and we are not root.
-/// As root it must be there: `scripts/test` installs it.
-fn tool(name: &str, package: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            !nix::unistd::geteuid().is_root(),
-            "{name} is missing: run scripts/test, which installs the Debian package {package}"
-        );
-        eprintln!("SKIPPED: needs {name} (Debian package {package})");
-    }
-    found
-}
-
-/// A port free right now on 127.0.0.1, for peers that can't report theirs.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-/// Waits until something accepts on 127.0.0.1:`port`.
-fn wait_listening(port: u16, what: &str, log: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not start:\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A peer process with its temp folder and log; killed on drop.
-struct Peer {
-    port: u16,
-    dir: TempDir,
-    child: Child,
-    name: &'static str,
-    log: PathBuf,
-}
-
-impl Peer {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- {} log ----\n{}", self.name, self.log());
-        }
-    }
-}
 
 /// tinyproxy, a real forward proxy (HTTP and CONNECT), on 127.0.0.1.
 struct Tinyproxy(Peer);
@@ -448,55 +386,12 @@ struct Nginx(Peer);
 
 impl Nginx {
     fn start(ca: &TestCa, files: &[(&str, &[u8])]) -> Option<Nginx> {
-        let binary = tool("nginx", "nginx")?;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let d = dir.path();
-        let www = d.join("www");
-        std::fs::create_dir_all(d.join("tmp")).expect("mkdir");
-        std::fs::create_dir_all(&www).expect("mkdir");
-        for (name, bytes) in files {
-            std::fs::write(www.join(name), bytes).expect("write file");
-        }
-        let port = free_port();
-        let log = d.join("error.log");
-        let tmp = d.join("tmp");
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {pid};\n\
-             error_log {log} info;\nevents {{ worker_connections 64; }}\nhttp {{\n\
-             access_log {access};\nclient_body_temp_path {tmp};\nproxy_temp_path {tmp};\n\
-             fastcgi_temp_path {tmp};\nuwsgi_temp_path {tmp};\nscgi_temp_path {tmp};\n\
-             server {{\nlisten 127.0.0.1:{port} ssl;\nssl_certificate {cert};\n\
-             ssl_certificate_key {key};\nroot {www};\n}}\n}}\n",
-            pid = d.join("nginx.pid").display(),
-            log = log.display(),
-            access = d.join("access.log").display(),
-            tmp = tmp.display(),
-            cert = ca.path("server.pem").display(),
-            key = ca.path("server.key").display(),
-            www = www.display(),
+        let certs = format!(
+            "ssl_certificate {};\nssl_certificate_key {};",
+            ca.path("server.pem").display(),
+            ca.path("server.key").display()
         );
-        std::fs::write(d.join("nginx.conf"), conf).expect("write config");
-        let child = Command::new(binary)
-            .arg("-p")
-            .arg(d)
-            .arg("-c")
-            .arg(d.join("nginx.conf"))
-            .arg("-e")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let peer = Peer {
-            port,
-            dir,
-            child,
-            name: "nginx",
-            log,
-        };
-        wait_listening(port, "nginx", || peer.log());
-        Some(Nginx(peer))
+        crate::common::peer::nginx(files, " ssl", &certs).map(Nginx)
     }
 
     fn url(&self, path: &str) -> String {
@@ -505,8 +400,7 @@ impl Nginx {
 
     /// Requests nginx answered (its access log).
     fn served(&self) -> usize {
-        let access = std::fs::read_to_string(self.0.dir.path().join("access.log"));
-        access.unwrap_or_default().lines().count()
+        self.0.access_log().len()
     }
 }
 

@@ -37,10 +37,19 @@ shows, pins and removes cached ones. The daemon itself is `assetd`.";
 
 /// The daemon's socket when none is named: this user's own daemon's, if
 /// one runs, else the node's system daemon's (as the systemd units make it).
+/// The own path counts only when the socket there belongs to this user:
+/// with `HOME` unset it lies under `/tmp`, where another user could have
+/// made it first, and only the binder of a socket owns it.
 fn default_socket() -> PathBuf {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
     let own = assetd::config::default_paths().1;
+    let me = nix::unistd::geteuid().as_raw();
+    let mine =
+        std::fs::symlink_metadata(&own).is_ok_and(|m| m.file_type().is_socket() && m.uid() == me);
     let system = Path::new(SYSTEM_SOCKET);
-    if own.exists() || !system.exists() {
+    // Someone else's socket at the own path is never used.
+    let planted = !mine && std::fs::symlink_metadata(&own).is_ok();
+    if mine || !(system.exists() || planted) {
         own
     } else {
         system.to_owned()
@@ -93,6 +102,11 @@ enum Command {
         /// Another URL for the same bytes, tried in order (repeatable)
         #[arg(long = "mirror", value_name = "URL")]
         mirrors: Vec<String>,
+        /// Connections to read a large asset's pieces over; 1 for one
+        /// stream. Absent or 0: the daemon's --connections, which is also
+        /// the most a request may ask for
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        connections: u32,
         /// Pin it for this lease (a sandbox id, say) until released
         #[arg(long)]
         lease: Option<String>,
@@ -220,6 +234,7 @@ async fn call(
             size,
             max_size,
             mirrors,
+            connections,
             lease,
             lease_ttl,
             quiet,
@@ -232,6 +247,7 @@ async fn call(
                 mirrors,
                 lease: lease.unwrap_or_default(),
                 lease_ttl_seconds: lease_ttl,
+                connections,
             };
             fetch(client, req, out, quiet).await
         }

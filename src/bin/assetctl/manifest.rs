@@ -75,6 +75,7 @@ impl Manifest {
                 mirrors: e.mirrors,
                 lease: e.lease,
                 lease_ttl_seconds: e.lease_ttl_seconds,
+                connections: 0,
             })
             .collect();
         proto::PrewarmRequest {

@@ -17,6 +17,16 @@ use tokio::sync::watch;
 /// The strong ETag the server gives ranged objects.
 pub const ETAG: &str = "\"v1\"";
 
+/// A fault a [`Reply::Pieces`] injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// The connection closes after this many body bytes.
+    CutAfter(usize),
+    /// A 206's `Content-Range` names other bytes than asked.
+    WrongRange,
+}
+
 /// What the server answers to one request.
 #[derive(Clone)]
 pub enum Reply {
@@ -32,6 +42,17 @@ pub enum Reply {
         after: usize,
         reset: bool,
         ranged: bool,
+    },
+    /// Byte ranges as big artifact servers serve them: 200 with
+    /// `Accept-Ranges: bytes` (and `ETag` when `etag` is given), 206 for
+    /// `Range: bytes=A-B` with `Content-Range`, 412 when `If-Match` names
+    /// another ETag. `fault`: the body stops after that many bytes
+    /// (connection closed), or with `Fault::WrongRange` the 206 names bytes
+    /// one further on than asked.
+    Pieces {
+        body: Arc<Vec<u8>>,
+        etag: Option<&'static str>,
+        fault: Fault,
     },
     /// Like `Ranged`, but after `after` body bytes it goes silent for a minute.
     Stall { body: Vec<u8>, after: usize },
@@ -201,11 +222,15 @@ impl Drop for HttpServer {
     }
 }
 
-/// A parsed request: path, `Range` start, and whether `If-Range` matches.
+/// A parsed request: path, `Range` start (and end), whether `If-Range`
+/// matches, and `If-Match`.
 struct Request {
     path: String,
     range_start: Option<u64>,
+    /// `Range: bytes=A-B`: (A, B).
+    range: Option<(u64, u64)>,
     if_range_ok: bool,
+    if_match: Option<String>,
 }
 
 async fn serve(mut conn: TcpStream, routes: Routes, served: Served, stats: Arc<Stats>) {
@@ -259,11 +284,18 @@ async fn read_request(conn: &mut TcpStream) -> Option<(Request, Option<String>)>
         .and_then(|r| r.strip_suffix('-'))
         .and_then(|n| n.parse().ok());
     let if_range_ok = header("if-range").is_none_or(|v| v == ETAG);
+    let bounded = range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
     Some((
         Request {
             path,
             range_start,
+            range: bounded,
             if_range_ok,
+            if_match: header("if-match"),
         },
         range,
     ))
@@ -348,6 +380,36 @@ async fn send(
                 conn.set_linger(Some(Duration::ZERO))?;
             }
             return Ok(());
+        }
+        Reply::Pieces { body, etag, fault } => {
+            let mut extra = vec![("Accept-Ranges", "bytes".to_owned())];
+            if let Some(etag) = etag {
+                extra.push(("ETag", etag.to_owned()));
+            }
+            let part: &[u8] = match request.range {
+                Some(_) if request.if_match.is_some() && request.if_match.as_deref() != etag => {
+                    conn.write_all(head(412, Some(0), &extra).as_bytes())
+                        .await?;
+                    return Ok(());
+                }
+                Some((a, b)) if a <= b && (b as usize) < body.len() => {
+                    let shift = u64::from(fault == Fault::WrongRange);
+                    let range = format!("bytes {}-{}/{}", a + shift, b + shift, body.len());
+                    extra.push(("Content-Range", range));
+                    let h = head(206, Some(b - a + 1), &extra);
+                    conn.write_all(h.as_bytes()).await?;
+                    &body[a as usize..=b as usize]
+                }
+                _ => {
+                    let h = head(200, Some(body.len() as u64), &extra);
+                    conn.write_all(h.as_bytes()).await?;
+                    &body[..]
+                }
+            };
+            match fault {
+                Fault::CutAfter(n) => write_body(conn, &part[..n.min(part.len())], stats).await?,
+                _ => write_body(conn, part, stats).await?,
+            }
         }
         Reply::Stall { body, after } => {
             let part = ranged_head(conn, request, &body).await?;

@@ -3,6 +3,7 @@
 
 pub mod gcs;
 pub mod http;
+pub mod peer;
 pub mod proxy;
 
 use std::collections::BTreeSet;
@@ -214,6 +215,14 @@ impl TestDaemon {
     }
 
     /// The daemon's peak resident memory so far, in bytes (VmHWM).
+    /// How many file descriptors the daemon has open now.
+    pub fn open_fds(&self) -> usize {
+        let pid = self.child.as_ref().expect("running").id();
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("proc fd")
+            .count()
+    }
+
     pub fn peak_rss(&self) -> u64 {
         let pid = self.child.as_ref().expect("running").id();
         let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
