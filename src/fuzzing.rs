@@ -45,6 +45,11 @@ pub fn content_range(value: &str, offset: u64) -> Option<Option<u64>> {
     crate::source::http::parse_content_range(value, offset)
 }
 
+/// FIRST and LAST of a `Content-Range` value, as ranged reads check it.
+pub fn content_range_exact(value: &str) -> Option<(u64, u64)> {
+    crate::source::http::parse_content_range_exact(value)
+}
+
 /// A `Retry-After` value, as the HTTP source parses it.
 pub fn retry_after(value: &str) -> Option<Duration> {
     crate::source::http::parse_retry_after(value)

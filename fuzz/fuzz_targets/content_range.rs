@@ -1,7 +1,8 @@
 //! `Content-Range` of a resumed read as the HTTP source reads it: a value
 //! is taken only when it is a valid `bytes FIRST-LAST/TOTAL` or
 //! `bytes FIRST-LAST/*` (RFC 9110 14.4: FIRST <= LAST < TOTAL) starting at
-//! the offset asked for, and the total is the one it names.
+//! the offset asked for, and the total is the one it names; ranged reads
+//! take FIRST and LAST of exactly such values.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -39,4 +40,10 @@ fuzz_target!(|data: &[u8]| {
             .map(|(_, _, total)| total);
         assert_eq!(got, wanted, "{text:?} at offset {offset}");
     }
+    let exact = valid(text).map(|(first, last, _)| (first, last));
+    assert_eq!(
+        assetd::fuzzing::content_range_exact(text),
+        exact,
+        "{text:?}"
+    );
 });

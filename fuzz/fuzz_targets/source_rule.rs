@@ -14,6 +14,8 @@ const URLS: &[&str] = &[
     "http://10.1.2.3/",
     "https://mirror.example.com/images/vmlinux",
     "https://cdn.example.com:443/images/",
+    "http://localhost:8080/x",
+    "https://a.b.localhost./y",
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -45,10 +47,12 @@ fuzz_target!(|data: &[u8]| {
             both.check_url(&url),
             "{rule} on {url}"
         );
+        // Through a proxy, `check_proxied` follows `check_url`.
+        let check = |p: &SourcePolicy| p.check_url(&url).and_then(|()| p.check_proxied(&url));
+        assert_eq!(check(&deny), check(&both), "{rule} on {url}, proxied");
         let _ = allow.check_url(&url);
         let _ = allow.allowed_by_prefix(&url);
         if let Some(host) = url.host_str() {
-            let _ = allow.is_prefix_name(host);
             let _ = allow.check_bucket(host);
             let _ = deny.check_bucket(host);
         }

@@ -1,14 +1,16 @@
 //! Source URLs at the edge: `SourceUrl::parse` and the redacted form that
 //! logs, messages and metadata show. The redacted form must not depend on
-//! the secrets a URL may carry (user name, password, query values), and
-//! what messages quote stays bounded.
+//! the secrets a URL may carry (user name, password, query values, a
+//! fragment), and what messages quote stays bounded.
 #![no_main]
 
 use assetd::source::{QUOTED_CHARS, SourceUrl, bounded};
 use libfuzzer_sys::fuzz_target;
 use url::Url;
 
-/// `url` with other secrets in the same places, or `None` if it has none.
+/// `url` with other secrets in the same places, or `None` if it has none:
+/// user name, password, each query value (a part without `=` is all
+/// value), and the fragment but for `gs://` (where it is a generation).
 fn other_secrets(url: &Url) -> Option<Url> {
     let mut other = url.clone();
     let mut changed = false;
@@ -18,12 +20,19 @@ fn other_secrets(url: &Url) -> Option<Url> {
     if url.password().is_some() {
         changed |= other.set_password(Some("another-password")).is_ok();
     }
-    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-    if !pairs.is_empty() {
-        other
-            .query_pairs_mut()
-            .clear()
-            .extend_pairs(pairs.iter().map(|(k, _)| (k.as_str(), "other-value")));
+    if let Some(query) = url.query() {
+        let parts: Vec<String> = query
+            .split('&')
+            .map(|part| match part.split_once('=') {
+                Some((key, _)) => format!("{key}=other-value"),
+                None => "other-value".to_owned(),
+            })
+            .collect();
+        other.set_query(Some(&parts.join("&")));
+        changed = true;
+    }
+    if url.fragment().is_some() && url.scheme() != "gs" {
+        other.set_fragment(Some("other-fragment"));
         changed = true;
     }
     changed.then_some(other)

@@ -1,7 +1,8 @@
 //! `http(s)://` URLs against the source policy. With no rules, an IP
 //! literal is refused exactly when it is loopback, link-local, unspecified
 //! or multicast (IPv4-mapped forms too), judged here with std's own
-//! classification; a host name waits for its addresses. A rule made from
+//! classification; a host name waits for its addresses, except that
+//! through a proxy `localhost` and `*.localhost` are refused. A rule made from
 //! the URL's own host refuses it as a deny rule and admits it as an allow
 //! rule, and a deny rule wins over the same allow rule; a URL-prefix rule
 //! made from the URL admits it.
@@ -53,6 +54,17 @@ fuzz_target!(|data: &[u8]| {
         _ => None,
     };
     assert_eq!(refused, ip.is_some_and(refused_by_default), "{url}");
+    // Through a proxy, which resolves names itself, the names that always
+    // mean this host (RFC 6761) are refused like loopback.
+    let local = match url.host() {
+        Some(Host::Domain(name)) => {
+            let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        _ => false,
+    };
+    let proxied = SourcePolicy::default().check_proxied(&url).is_err();
+    assert_eq!(proxied, local, "{url} through a proxy");
     let Some(host) = url.host() else {
         return;
     };

@@ -334,7 +334,7 @@ pub(crate) fn parse_content_range(range: &str, offset: u64) -> Option<Option<u64
 
 /// FIRST and LAST of a valid `Content-Range` value (see
 /// [`parse_content_range`]).
-fn parse_content_range_exact(range: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_content_range_exact(range: &str) -> Option<(u64, u64)> {
     let (span, _) = range.strip_prefix("bytes ")?.split_once('/')?;
     let (first, last) = span.split_once('-')?;
     let (first, last) = (digits(first)?, digits(last)?);

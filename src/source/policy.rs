@@ -319,19 +319,23 @@ impl SourceRule {
 /// separator and then resolve `..`, so a path is read two ways: as sent,
 /// and decoded with its dot segments resolved. An allow rule needs both
 /// under it (`/assets/..%2fsecret` is not under `/assets/`), a deny rule
-/// either. "Under" is by whole segments: `/assets` covers `/assets/x`, not
-/// `/assets-private`.
+/// either; the decoded path is held to the prefix decoded the same way (a
+/// prefix such as `/my%20files/` must cover its own URLs). "Under" is by
+/// whole segments: `/assets` covers `/assets/x`, not `/assets-private`.
 fn path_under(prefix: &str, path: &str, deny: bool) -> bool {
-    let under = |path: &str| {
+    let under = |prefix: &str, path: &str| {
         path.strip_prefix(prefix)
             .is_some_and(|rest| prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
     };
-    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
-    let resolved = resolve_dots(&decoded.replace('\\', "/"));
+    let read = |path: &str| {
+        let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+        resolve_dots(&decoded.replace('\\', "/"))
+    };
+    let (as_sent, decoded) = (under(prefix, path), under(&read(prefix), &read(path)));
     if deny {
-        under(path) || under(&resolved)
+        as_sent || decoded
     } else {
-        under(path) && under(&resolved)
+        as_sent && decoded
     }
 }
 
@@ -828,6 +832,22 @@ mod tests {
         }
         // An encoded separator that stays under the prefix is fine.
         assert!(check("http://127.0.0.1:8080/assets/dir%2Fa.img").is_ok());
+    }
+
+    #[test]
+    fn a_prefix_with_encoded_characters_covers_its_own_urls() {
+        // Found by the fuzz target `url_http`: the decoded path was held to
+        // the prefix as written, so `/my%20files/` allowed nothing.
+        let rule: SourceRule = "http://127.0.0.1:8080/my%20files/".parse().unwrap();
+        let p = SourcePolicy::new(vec![rule.clone()], Vec::new());
+        let check = |u: &str| p.check_url(&Url::parse(u).unwrap()).map_err(|e| e.reason);
+        assert!(check("http://127.0.0.1:8080/my%20files/a.img").is_ok());
+        assert!(check("http://127.0.0.1:8080/my%20files/..%2fsecret").is_err());
+        assert!(check("http://127.0.0.1:8080/my%20filesx/a.img").is_err());
+        let deny = SourcePolicy::new(Vec::new(), vec![rule]);
+        let denied = |u: &str| deny.check_url(&Url::parse(u).unwrap()).is_err();
+        assert!(denied("http://127.0.0.1:8080/my%20files/a.img"));
+        assert!(denied("http://127.0.0.1:8080/my%20files%2Fa.img"));
     }
 
     #[test]
