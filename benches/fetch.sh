@@ -278,7 +278,7 @@ for ((i = 1; i <= RUNS; i++)); do
   read -r u1 s1 < <(cpu_ticks "$DAEMON_PID")
   hwm=$(hwm_mib "$DAEMON_PID")
   BIG_HWM=$(calc %.1f "($hwm > $BIG_HWM) ? $hwm : $BIG_HWM")
-  line=$(grep -m1 ' fetch ' "$T/assetd.$i.log" || true)
+  line=$(grep -m1 'outcome="fetched"' "$T/assetd.$i.log" || true)
   dsecs=$(grep -o ' secs=[0-9.]*' <<<"$line" | cut -d= -f2 || true)
   dmbs=$(grep -o 'mib_per_s=[0-9.]*' <<<"$line" | cut -d= -f2 || true)
   wall=${TIMES[assetd]% }; wall=${wall##* }
@@ -303,7 +303,7 @@ for ((i = 1; i <= RUNS; i++)); do
   timed gs_assetd c_gs_assetd
   read -r u1 s1 < <(cpu_ticks "$DAEMON_PID")
   read -r g1 h1 < <(cpu_ticks "$GCS_PID")
-  line=$(grep -m1 ' fetch ' "$T/assetd.gs.$i.log" || true)
+  line=$(grep -m1 'outcome="fetched"' "$T/assetd.gs.$i.log" || true)
   dsecs=$(grep -o ' secs=[0-9.]*' <<<"$line" | cut -d= -f2 || true)
   dmbs=$(grep -o 'mib_per_s=[0-9.]*' <<<"$line" | cut -d= -f2 || true)
   wall=${TIMES[gs_assetd]% }; wall=${wall##* }
