@@ -135,6 +135,21 @@ fn pieces(body: &Arc<Vec<u8>>, etag: Option<&'static str>, fault: Fault) -> Repl
     }
 }
 
+/// A fresh daemon reading pieces from 16 MiB on, which fetches `url` and
+/// must get exactly `body`; returned for the test to look at.
+async fn fetch_in_pieces(url: &str, body: &[u8]) -> TestDaemon {
+    let daemon = TestDaemon::start_with(&PIECED);
+    let fetched = daemon
+        .client()
+        .await
+        .fetch(fetch_req(url, &digest_of(body), ""))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()))
+        .into_inner();
+    assert_eq!(std::fs::read(&fetched.path).unwrap(), body);
+    daemon
+}
+
 /// How many requests asked for each `Range` ("-" for none).
 fn by_range(http: &HttpServer) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -151,7 +166,6 @@ const PIECED: [&str; 2] = ["--ranged-min-size", "16MiB"];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_piece_that_breaks_is_retried_alone() {
     let body = Arc::new(random_bytes(24 * MIB, 1202));
-    let digest = digest_of(&body);
     let http = HttpServer::start().await;
     // The first GET, then the first range request to arrive breaks halfway.
     let url = http.sequence(
@@ -162,15 +176,7 @@ async fn a_piece_that_breaks_is_retried_alone() {
             pieces(&body, Some("\"v1\""), Fault::None),
         ],
     );
-    let daemon = TestDaemon::start_with(&PIECED);
-    let fetched = daemon
-        .client()
-        .await
-        .fetch(fetch_req(&url, &digest, ""))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(std::fs::read(&fetched.path).unwrap(), *body);
+    fetch_in_pieces(&url, &body).await;
     // Pieces 1 and 2 asked once each, but one of them again from where it
     // broke: 3 MiB in.
     let counts = by_range(&http);
@@ -190,7 +196,6 @@ async fn a_piece_that_breaks_is_retried_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_version_mid_transfer_starts_over_in_one_stream() {
     let old = Arc::new(random_bytes(24 * MIB, 1203));
-    let digest = digest_of(&old);
     let http = HttpServer::start().await;
     // The first GET names v1; every later request finds v2 (same bytes
     // here, so the result verifies): the pieces get 412, the transfer
@@ -202,15 +207,7 @@ async fn a_new_version_mid_transfer_starts_over_in_one_stream() {
             pieces(&old, Some("\"v2\""), Fault::None),
         ],
     );
-    let daemon = TestDaemon::start_with(&PIECED);
-    let fetched = daemon
-        .client()
-        .await
-        .fetch(fetch_req(&url, &digest, ""))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(std::fs::read(&fetched.path).unwrap(), *old);
+    let daemon = fetch_in_pieces(&url, &old).await;
     let counts = by_range(&http);
     assert_eq!(
         counts.get("-"),
@@ -226,7 +223,6 @@ async fn a_new_version_mid_transfer_starts_over_in_one_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_content_range_is_refused_and_one_stream_reads_the_asset() {
     let body = Arc::new(random_bytes(24 * MIB, 1204));
-    let digest = digest_of(&body);
     let http = HttpServer::start().await;
     let url = http.sequence(
         "/img",
@@ -236,15 +232,7 @@ async fn a_wrong_content_range_is_refused_and_one_stream_reads_the_asset() {
             pieces(&body, Some("\"v1\""), Fault::None),
         ],
     );
-    let daemon = TestDaemon::start_with(&PIECED);
-    let fetched = daemon
-        .client()
-        .await
-        .fetch(fetch_req(&url, &digest, ""))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(std::fs::read(&fetched.path).unwrap(), *body);
+    let daemon = fetch_in_pieces(&url, &body).await;
     assert!(daemon.log().contains("Content-Range"), "{}", daemon.log());
     assert_eq!(by_range(&http).get("-"), Some(&2), "{:?}", by_range(&http));
 }
