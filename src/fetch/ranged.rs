@@ -22,7 +22,7 @@ use super::flight::State;
 use super::{FetchError, Inner};
 use crate::digest::Digest;
 use crate::source::{Access, ByteStream, Source, SourceError, SourceUrl};
-use crate::store::{Blob, Pieces};
+use crate::store::{Blob, Partial, Pieces, SourceInfo};
 
 /// The smallest and largest piece; in between, about 32 pieces an asset.
 const MIN_PIECE: u64 = 8 << 20;
@@ -65,6 +65,8 @@ pub(super) struct Job<'a> {
     pub piece: u64,
     /// Pieces in flight at once.
     pub connections: usize,
+    /// Pieces of this version kept from before a restart, to go on with.
+    pub resume: Option<Partial>,
 }
 
 /// Reads the asset in pieces (the first from `first`, the open body of the
@@ -75,17 +77,46 @@ pub(super) async fn run(
     state: &watch::Sender<State>,
 ) -> Result<Blob, FetchError> {
     let (store, digest, size) = (job.inner.store.clone(), job.digest, job.size);
-    let pieces = tokio::task::spawn_blocking(move || store.pieces(digest, size))
-        .await
-        .map_err(|_| FetchError::Panicked { what: "pieces" })?
-        .map_err(FetchError::Store)?;
+    let resume = job.resume.clone();
+    let pieces = tokio::task::spawn_blocking(move || match resume {
+        Some(partial) => store.resume_pieces(digest, size, &partial).or_else(|e| {
+            tracing::warn!(%digest, error = %e, "cannot resume the kept pieces; starting over");
+            store.discard_partial(&partial);
+            store.pieces(digest, size)
+        }),
+        None => store.pieces(digest, size),
+    })
+    .await
+    .map_err(|_| FetchError::Panicked { what: "pieces" })?
+    .map_err(FetchError::Store)?;
     let pieces = Arc::new(pieces);
-    let ranges = cut(job.size, job.piece);
+    if let Some(validator) = &job.validator {
+        pieces.set_source(SourceInfo {
+            url: job.url.redacted().to_owned(),
+            validator: validator.clone(),
+            size: Some(job.size),
+        });
+    }
+    // Pieces kept from before a restart are not asked for again.
+    let ranges: Vec<Range<u64>> = cut(job.size, job.piece)
+        .into_iter()
+        .filter(|r| !pieces.covers(r))
+        .collect();
+    if job.resume.is_some() {
+        tracing::info!(digest = %job.digest, left = ranges.len(), "going on with pieces kept from before the restart");
+    }
+    if ranges.is_empty() {
+        return pieces
+            .commit(job.url.redacted())
+            .await
+            .map_err(FetchError::Store);
+    }
+    let first_is_ours = ranges[0].start == 0;
     let shared = Shared {
         job: &job,
         pieces: pieces.clone(),
         ranges,
-        next: AtomicUsize::new(1),
+        next: AtomicUsize::new(usize::from(first_is_ours)),
         done: AtomicU64::new(0),
         state,
     };
@@ -97,7 +128,8 @@ pub(super) async fn run(
         piece_bytes = job.piece,
         "reading in pieces"
     );
-    let mut first = Some(first);
+    // The first response's body serves piece 0, unless that was kept.
+    let mut first = first_is_ours.then_some(first);
     let connections = job.connections.max(1);
     let workers: Vec<_> = (0..connections.min(shared.ranges.len()))
         .map(|_| shared.worker(first.take()))
@@ -140,6 +172,7 @@ impl Shared<'_, '_> {
             if self.stream_into(body, &mut at, range.end).await.is_err() || at < range.end {
                 self.piece(at..range.end).await?;
             }
+            self.checkpoint().await;
         }
         loop {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
@@ -147,7 +180,14 @@ impl Shared<'_, '_> {
                 return Ok(());
             };
             self.piece(range.clone()).await?;
+            self.checkpoint().await;
         }
+    }
+
+    /// Records the written pieces for a restart (off the runtime).
+    async fn checkpoint(&self) {
+        let pieces = self.pieces.clone();
+        let _ = tokio::task::spawn_blocking(move || pieces.checkpoint()).await;
     }
 
     /// Reads `range` with retries, each from where the last stopped.

@@ -215,10 +215,17 @@ async fn from_url(
         validator: None,
         done: None,
         one_stream: false,
+        kept_pieces: None,
     };
     // A partial download of this asset from before a restart: go on with
     // it (the source decides, by its validator, whether it still can).
-    if let Some(partial) = inner.store.take_partial(&digest) {
+    let kept = inner.store.take_partial(&digest);
+    let (kept, kept_pieces) = match kept {
+        Some(p) if p.ranged => (None, Some(p)),
+        other => (other, None),
+    };
+    attempt.kept_pieces = kept_pieces;
+    if let Some(partial) = kept {
         let (size, limit) = attempt.terms();
         let store = inner.store.clone();
         let resumed = {
@@ -298,11 +305,19 @@ struct Attempt<'a> {
     /// Read in one stream from now on: the source could not serve the
     /// pieces (it changed, refused ranges, or its pieces did not verify).
     one_stream: bool,
+    /// Pieces of this asset kept from before a restart.
+    kept_pieces: Option<crate::store::Partial>,
 }
 
 impl Attempt<'_> {
     fn received(&self) -> u64 {
         self.ingest.as_ref().map_or(0, Ingest::received)
+    }
+
+    /// Drops kept pieces that won't be used (off the runtime).
+    async fn discard(&self, partial: crate::store::Partial) {
+        let store = self.inner.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.discard_partial(&partial)).await;
     }
 
     /// Connections for pieces: what the callers allow, at most the daemon's.
@@ -347,6 +362,16 @@ impl Attempt<'_> {
             self.check_declared(total)?;
             check_space(self.inner, total.saturating_sub(opened.offset)).await?;
         }
+        // Pieces kept from before a restart go on only with the same version.
+        let mut kept = None;
+        if let Some(partial) = self.kept_pieces.take() {
+            if opened.size == partial.size && opened.validator.as_ref() == Some(&partial.validator)
+            {
+                kept = Some(partial);
+            } else {
+                self.discard(partial).await;
+            }
+        }
         if let (0, 0, true, false, Some(size)) = (
             self.received(),
             opened.offset,
@@ -367,6 +392,7 @@ impl Attempt<'_> {
                 size,
                 piece,
                 connections,
+                resume: kept.take(),
             };
             return match super::ranged::run(job, opened.body, state).await {
                 Ok(blob) => {
@@ -389,6 +415,10 @@ impl Attempt<'_> {
                     Err(e)
                 }
             };
+        }
+        if let Some(stale) = kept.take() {
+            // Kept pieces, but the source no longer serves ranges: of no use.
+            self.discard(stale).await;
         }
         if opened.offset != self.received() {
             // The source could not go on (a new version, or Range ignored):

@@ -328,6 +328,8 @@ impl Checkpoints {
             validator: info.validator,
             size: info.size,
             done,
+            pieces: Vec::new(),
+            ranged: false,
         };
         let saved = temp
             .as_file()

@@ -398,6 +398,22 @@ impl Store {
         Ingest::resume(self, expected, partial, size, limit)
     }
 
+    /// Resumes `partial`, the pieces of `expected` kept from before a
+    /// restart (see [`Pieces`]). Blocking.
+    pub fn resume_pieces(
+        self: &std::sync::Arc<Self>,
+        expected: Digest,
+        size: u64,
+        partial: &Partial,
+    ) -> Result<Pieces, StoreError> {
+        Pieces::resume(self, expected, size, partial)
+    }
+
+    /// Drops `partial`'s files: it won't be resumed. Blocking.
+    pub fn discard_partial(&self, partial: &Partial) {
+        partial.discard();
+    }
+
     /// Starts a ranged ingest of `expected`, `size` bytes, written in
     /// pieces (see [`Pieces`]).
     pub fn pieces(

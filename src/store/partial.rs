@@ -35,6 +35,13 @@ pub(super) struct Sidecar {
     pub size: Option<u64>,
     /// Leading bytes of the temp file that are durable.
     pub done: u64,
+    /// For a ranged transfer's file: every durable range (the prefix
+    /// included); empty for one stream.
+    #[serde(default)]
+    pub pieces: Vec<(u64, u64)>,
+    /// Written by a ranged transfer (resumed as one).
+    #[serde(default)]
+    pub ranged: bool,
 }
 
 /// The source of an ingest, for its sidecar.
@@ -58,6 +65,20 @@ pub struct Partial {
     pub done: u64,
     /// The URL it came from, redacted.
     pub url: String,
+    /// A ranged transfer's durable ranges beyond the prefix.
+    pub pieces: Vec<std::ops::Range<u64>>,
+    /// Written by a ranged transfer: resumed as one.
+    pub ranged: bool,
+    /// The size the source declared.
+    pub size: Option<u64>,
+}
+
+impl Partial {
+    /// Removes its files (it won't be resumed).
+    pub(super) fn discard(&self) {
+        remove(&self.path);
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 /// The sidecar of the temp file `temp`.
@@ -107,7 +128,11 @@ pub(super) fn sweep_keeping(
             let Ok(digest) = format!("sha256:{}", partial.0.digest).parse::<Digest>() else {
                 continue;
             };
-            let better = kept.get(&digest).is_none_or(|k| k.done < partial.1.done);
+            let worth =
+                |p: &Partial| p.done + p.pieces.iter().map(|r| r.end - r.start).sum::<u64>();
+            let better = kept
+                .get(&digest)
+                .is_none_or(|k| worth(k) < worth(&partial.1));
             if better {
                 kept.insert(digest, partial.1);
             }
@@ -142,10 +167,14 @@ fn valid(path: &Path, keep_for: Duration) -> Option<(Sidecar, Partial)> {
     let sidecar: Sidecar = serde_json::from_slice(&fs::read(&side).ok()?).ok()?;
     let name = path.file_name()?.to_str()?;
     let len = fs::symlink_metadata(path).ok()?.len();
-    let fits = sidecar.size.is_none_or(|s| sidecar.done <= s);
+    let fits = sidecar.size.is_none_or(|s| sidecar.done <= s)
+        && sidecar
+            .pieces
+            .iter()
+            .all(|&(a, b)| a < b && sidecar.size.is_some_and(|s| b <= s) && b <= len);
     if !name.starts_with(&format!("{}.", sidecar.digest))
         || sidecar.validator.is_empty()
-        || sidecar.done == 0
+        || (sidecar.done == 0 && sidecar.pieces.is_empty())
         || sidecar.done > len
         || !fits
     {
@@ -156,6 +185,9 @@ fn valid(path: &Path, keep_for: Duration) -> Option<(Sidecar, Partial)> {
         validator: sidecar.validator.clone(),
         done: sidecar.done,
         url: sidecar.url.clone(),
+        pieces: sidecar.pieces.iter().map(|&(a, b)| a..b).collect(),
+        ranged: sidecar.ranged,
+        size: sidecar.size,
     };
     Some((sidecar, partial))
 }
@@ -171,6 +203,8 @@ mod tests {
             validator: "\"v1\"".to_owned(),
             size: Some(1000),
             done,
+            pieces: Vec::new(),
+            ranged: false,
         }
     }
 

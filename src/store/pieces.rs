@@ -18,9 +18,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use sha2::{Digest as _, Sha256};
-use tempfile::NamedTempFile;
+use std::os::unix::fs::OpenOptionsExt as _;
+
+use tempfile::{NamedTempFile, TempPath};
 use tokio::task::JoinHandle;
 
+use super::partial::{self, Partial, SourceInfo};
 use super::{Blob, Store, StoreError};
 use crate::digest::Digest;
 
@@ -50,8 +53,22 @@ impl Coverage {
         if start <= self.contiguous {
             self.contiguous = self.contiguous.max(end);
         } else {
-            let slot = self.ahead.entry(start).or_insert(end);
-            *slot = (*slot).max(end);
+            // Merged with every range it touches, so each written stretch
+            // is one entry.
+            let (mut start, mut end) = (start, end);
+            let touching: Vec<u64> = self
+                .ahead
+                .range(..=end)
+                .filter(|&(_, &e)| e >= start)
+                .map(|(&s, _)| s)
+                .collect();
+            for s in touching {
+                if let Some(e) = self.ahead.remove(&s) {
+                    start = start.min(s);
+                    end = end.max(e);
+                }
+            }
+            self.ahead.insert(start, end);
         }
         // Fold in what now touches the prefix.
         while let Some((&s, &e)) = self.ahead.first_key_value() {
@@ -90,6 +107,11 @@ pub struct Pieces {
     shared: Arc<Shared>,
     hasher: Mutex<Option<Hasher>>,
     store: Arc<Store>,
+    /// For the sidecar: the source, once it named its version.
+    info: Mutex<Option<SourceInfo>>,
+    /// Held across a checkpoint: pieces finishing together must not write
+    /// the sidecar at once (an older snapshot could land last).
+    checkpointing: Mutex<()>,
 }
 
 impl Pieces {
@@ -116,9 +138,57 @@ impl Pieces {
                 .set_len(size)
                 .map_err(wrap("set the length of"))?;
         }
+        Pieces::spawn(store, expected, size, temp, Coverage::default())
+    }
+
+    /// Resumes `partial`, the pieces of `expected` (`size` bytes) kept from
+    /// before a restart: its durable ranges count as written, and the
+    /// hasher reads the prefix back from the file.
+    pub(super) fn resume(
+        store: &Arc<Store>,
+        expected: Digest,
+        size: u64,
+        partial: &Partial,
+    ) -> Result<Pieces, StoreError> {
+        let wrap = |op| StoreError::io(op, &partial.path);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&partial.path)
+            .map_err(wrap("open"))?;
+        let len = file.metadata().map_err(wrap("stat"))?.len();
+        if len != size {
+            return Err(StoreError::SizeMismatch {
+                expected: size,
+                actual: len.to_string(),
+            });
+        }
+        let path = TempPath::try_from_path(&partial.path).map_err(wrap("resolve"))?;
+        let temp = NamedTempFile::from_parts(file, path);
+        let mut coverage = Coverage::default();
+        coverage.add(0, partial.done);
+        for range in &partial.pieces {
+            coverage.add(range.start, range.end);
+        }
+        Pieces::spawn(store, expected, size, temp, coverage)
+    }
+
+    fn spawn(
+        store: &Arc<Store>,
+        expected: Digest,
+        size: u64,
+        temp: NamedTempFile,
+        coverage: Coverage,
+    ) -> Result<Pieces, StoreError> {
+        let temp_path = temp.path().to_owned();
+        let wrap = |op| StoreError::io(op, &temp_path);
         let file = temp.as_file().try_clone().map_err(wrap("open"))?;
         let reader = temp.as_file().try_clone().map_err(wrap("open"))?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            coverage: Mutex::new(coverage),
+            grown: Condvar::new(),
+        });
         let hasher = {
             let shared = shared.clone();
             tokio::task::spawn_blocking(move || hash_prefix(&reader, size, &shared))
@@ -132,7 +202,65 @@ impl Pieces {
             shared,
             hasher: Mutex::new(Some(hasher)),
             store: store.clone(),
+            info: Mutex::new(None),
+            checkpointing: Mutex::new(()),
         })
+    }
+
+    /// Notes the source that named this version, so that completed pieces
+    /// can be kept across a restart (see [`super::partial`]).
+    pub fn set_source(&self, info: SourceInfo) {
+        *self.info.lock().unwrap_or_else(PoisonError::into_inner) = Some(info);
+    }
+
+    /// Whether every byte of `range` is written.
+    pub fn covers(&self, range: &std::ops::Range<u64>) -> bool {
+        let coverage = self.shared.lock();
+        range.end <= coverage.contiguous
+            || coverage
+                .ahead
+                .range(..=range.start)
+                .next_back()
+                .is_some_and(|(_, &end)| end >= range.end)
+    }
+
+    /// Makes the written pieces durable and records them in the sidecar.
+    /// Blocking; best effort (a failure only loses the chance to resume).
+    pub fn checkpoint(&self) -> bool {
+        let _one_at_a_time = self
+            .checkpointing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(info) = self
+            .info
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
+            return false;
+        };
+        let (done, pieces) = {
+            let coverage = self.shared.lock();
+            let ahead: Vec<(u64, u64)> = coverage.ahead.iter().map(|(&a, &b)| (a, b)).collect();
+            (coverage.contiguous, ahead)
+        };
+        let sidecar = partial::Sidecar {
+            digest: self.expected.hex(),
+            url: info.url,
+            validator: info.validator,
+            size: Some(self.size),
+            done,
+            pieces,
+            ranged: true,
+        };
+        let saved = self
+            .file
+            .sync_data()
+            .and_then(|()| partial::write(&self.temp_path, &sidecar));
+        if let Err(e) = &saved {
+            tracing::debug!(path = %self.temp_path.display(), error = %e, "saving pieces failed");
+        }
+        saved.is_ok()
     }
 
     /// The asset's size.
@@ -201,21 +329,26 @@ impl Pieces {
         }
         let (store, url) = (self.store.clone(), url.to_owned());
         let path = self.temp_path.clone();
-        tokio::task::spawn_blocking(move || store.publish(temp, actual, &url))
+        let published = tokio::task::spawn_blocking(move || store.publish(temp, actual, &url))
             .await
-            .map_err(|e| StoreError::io("publish", &path)(io::Error::other(e)))?
+            .map_err(|e| StoreError::io("publish", &path)(io::Error::other(e)))?;
+        partial::remove(&self.temp_path);
+        published
     }
 
-    /// Gives up: the hasher stops and the temp file goes.
+    /// Gives up: the hasher stops and the temp file and its sidecar go.
     pub fn abandon(&self) {
         self.shared.lock().abandoned = true;
         self.shared.grown.notify_all();
-        drop(
-            self.temp
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
+        let temp = self
+            .temp
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if temp.is_some() {
+            partial::remove(&self.temp_path);
+        }
+        drop(temp);
     }
 
     fn take_hasher(&self) -> Option<Hasher> {
@@ -227,7 +360,27 @@ impl Pieces {
 }
 
 impl Drop for Pieces {
+    /// Cut off while the daemon stops: the written pieces are kept for the
+    /// restart. Otherwise, as [`Pieces::abandon`].
     fn drop(&mut self) {
+        let stopping = self.store.keeping.load(std::sync::atomic::Ordering::SeqCst);
+        let live = self
+            .temp
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        if stopping && live && self.checkpoint() {
+            self.shared.lock().abandoned = true;
+            self.shared.grown.notify_all();
+            let temp = self
+                .temp
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if temp.is_some_and(|t| t.keep().is_ok()) {
+                return;
+            }
+        }
         self.abandon();
     }
 }
@@ -281,6 +434,12 @@ mod tests {
         assert!(c.ahead.is_empty());
         c.add(35, 38);
         assert_eq!(c.contiguous, 40, "inside the prefix changes nothing");
+        // Adjacent and overlapping stretches ahead become one.
+        c.add(50, 60);
+        c.add(60, 70);
+        c.add(65, 80);
+        c.add(45, 51);
+        assert_eq!(c.ahead.iter().collect::<Vec<_>>(), vec![(&45, &80)]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

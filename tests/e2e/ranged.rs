@@ -286,3 +286,87 @@ async fn the_declared_size_is_judged_before_any_piece() {
     assert_eq!(http.requests(), 1, "no piece was asked for");
     daemon.assert_empty();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pieces_written_before_a_kill_9_are_not_asked_for_again() {
+    let body = Arc::new(random_bytes(24 * MIB, 1207));
+    let digest = digest_of(&body);
+    let http = HttpServer::start().await;
+    // The GET (piece 0) and the first range arrive; the second range
+    // hangs. After the restart, everything answers.
+    let ok = pieces(&body, Some("\"v1\""), Fault::None);
+    let url = http.sequence(
+        "/img",
+        vec![
+            ok.clone(),
+            ok.clone(),
+            pieces(&body, Some("\"v1\""), Fault::Hang),
+            ok,
+        ],
+    );
+    let mut daemon = TestDaemon::start_with(&PIECED);
+    let mut client = daemon.client().await;
+    let request = fetch_req(&url, &digest, "");
+    let task = tokio::spawn(async move {
+        let _ = client.fetch(request).await;
+    });
+    // Two of the three pieces are on disk, and said so in the sidecar.
+    let ingest = daemon.root.join("ingest");
+    let saved = || -> u64 {
+        let Ok(entries) = std::fs::read_dir(&ingest) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+            .map(|v| {
+                let ahead: u64 = v["pieces"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| Some(p[1].as_u64()? - p[0].as_u64()?))
+                    .sum();
+                v["done"].as_u64().unwrap_or(0) + ahead
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while saved() < 16 * MIB as u64 {
+        if std::time::Instant::now() > deadline {
+            let files: Vec<String> = std::fs::read_dir(&ingest)
+                .unwrap()
+                .flatten()
+                .map(|e| {
+                    let text = std::fs::read(e.path()).unwrap_or_default();
+                    let head: String = String::from_utf8_lossy(&text).chars().take(200).collect();
+                    format!("{:?} {head}", e.file_name())
+                })
+                .collect();
+            panic!("two pieces not saved: {files:#?} {:?}", http.ranges());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    daemon.kill9();
+    task.abort();
+    daemon.start_again(&PIECED);
+    let fetched = daemon
+        .client()
+        .await
+        .fetch(fetch_req(&url, &digest, ""))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()))
+        .into_inner();
+    assert_eq!(std::fs::read(&fetched.path).unwrap(), *body);
+    // After the restart: the GET (for the version), then only the piece
+    // that hung.
+    let ranges = http.ranges();
+    assert_eq!(ranges.len(), 5, "{ranges:?}");
+    assert_eq!(ranges[3], None, "{ranges:?}");
+    assert_eq!(ranges[4], ranges[2], "only the missing piece: {ranges:?}");
+    daemon
+        .wait_ingest_empty(std::time::Duration::from_secs(5))
+        .await;
+}

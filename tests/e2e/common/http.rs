@@ -25,6 +25,8 @@ pub enum Fault {
     CutAfter(usize),
     /// A 206's `Content-Range` names other bytes than asked.
     WrongRange,
+    /// The head, then silence for a minute.
+    Hang,
 }
 
 /// What the server answers to one request.
@@ -408,6 +410,7 @@ async fn send(
             };
             match fault {
                 Fault::CutAfter(n) => write_body(conn, &part[..n.min(part.len())], stats).await?,
+                Fault::Hang => tokio::time::sleep(Duration::from_secs(60)).await,
                 _ => write_body(conn, part, stats).await?,
             }
         }
