@@ -370,3 +370,37 @@ async fn pieces_written_before_a_kill_9_are_not_asked_for_again() {
         .wait_ingest_empty(std::time::Duration::from_secs(5))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ranged_transfer_whose_caller_leaves_stops_and_leaves_nothing() {
+    let body = Arc::new(random_bytes(24 * MIB, 1208));
+    let digest = digest_of(&body);
+    let http = HttpServer::start().await;
+    // Piece 0 arrives; every range request hangs.
+    let url = http.sequence(
+        "/img",
+        vec![
+            pieces(&body, Some("\"v1\""), Fault::None),
+            pieces(&body, Some("\"v1\""), Fault::Hang),
+        ],
+    );
+    let daemon = TestDaemon::start_with(&PIECED);
+    let mut client = daemon.client().await;
+    let gone = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        client.fetch(fetch_req(&url, &digest, "")),
+    )
+    .await;
+    assert!(gone.is_err(), "the pieces hang, so the fetch can't end");
+    drop(client);
+    // The only caller left: every piece stops, the file and its sidecar go.
+    daemon
+        .wait_ingest_empty(std::time::Duration::from_secs(10))
+        .await;
+    daemon.assert_empty();
+    assert!(
+        daemon.log().contains("every caller left"),
+        "{}",
+        daemon.log()
+    );
+}
