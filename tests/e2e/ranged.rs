@@ -404,3 +404,37 @@ async fn a_ranged_transfer_whose_caller_leaves_stops_and_leaves_nothing() {
         daemon.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piece_that_stalls_is_retried_alone() {
+    let body = Arc::new(random_bytes(24 * MIB, 1209));
+    let http = HttpServer::start().await;
+    // The first range request to arrive goes silent after its head.
+    let url = http.sequence(
+        "/img",
+        vec![
+            pieces(&body, Some("\"v1\""), Fault::None),
+            pieces(&body, Some("\"v1\""), Fault::Hang),
+            pieces(&body, Some("\"v1\""), Fault::None),
+        ],
+    );
+    let daemon = TestDaemon::start_with(&["--ranged-min-size", "16MiB", "--stall-timeout", "1s"]);
+    let fetched = daemon
+        .client()
+        .await
+        .fetch(fetch_req(&url, &digest_of(&body), ""))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()))
+        .into_inner();
+    assert_eq!(std::fs::read(&fetched.path).unwrap(), *body);
+    // The stalled range was asked for again, the other once, the GET once.
+    let counts = by_range(&http);
+    let mut asked: Vec<usize> = counts.values().copied().collect();
+    asked.sort();
+    assert_eq!(asked, vec![1, 1, 2], "{counts:?}");
+    assert!(
+        daemon.log().contains("retrying a piece"),
+        "{}",
+        daemon.log()
+    );
+}
