@@ -27,6 +27,10 @@ use super::partial::{self, Partial, SourceInfo};
 use super::{Blob, Store, StoreError};
 use crate::digest::Digest;
 
+/// Bytes written between two flushes of the file to disk: the flush at
+/// commit then waits for little (the writes go through the page cache, so
+/// the hasher can read them back), and dirty pages stay few.
+const FLUSH_EVERY: u64 = 64 << 20;
 /// Bytes the hasher reads back at a time.
 const HASH_READ: usize = 1 << 20;
 
@@ -112,6 +116,8 @@ pub struct Pieces {
     /// Held across a checkpoint: pieces finishing together must not write
     /// the sidecar at once (an older snapshot could land last).
     checkpointing: Mutex<()>,
+    /// Bytes written since the last flush (see [`FLUSH_EVERY`]).
+    unflushed: std::sync::atomic::AtomicU64,
 }
 
 impl Pieces {
@@ -204,6 +210,7 @@ impl Pieces {
             store: store.clone(),
             info: Mutex::new(None),
             checkpointing: Mutex::new(()),
+            unflushed: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -288,6 +295,27 @@ impl Pieces {
             .map_err(StoreError::io("write", &self.temp_path))?;
         self.shared.lock().add(offset, end);
         self.shared.grown.notify_one();
+        // One writer in a while flushes what all have written, so the
+        // flush at commit is short; the others go on meanwhile.
+        let unflushed = self
+            .unflushed
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed)
+            + data.len() as u64;
+        if unflushed >= FLUSH_EVERY
+            && self
+                .unflushed
+                .compare_exchange(
+                    unflushed,
+                    0,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            self.file
+                .sync_data()
+                .map_err(StoreError::io("flush", &self.temp_path))?;
+        }
         Ok(())
     }
 
