@@ -314,31 +314,18 @@ impl Checkpoints {
     /// its sidecar, when the source named its version. Best effort: a
     /// failure only loses the chance to resume.
     fn save(&self, temp: &NamedTempFile, done: u64) -> bool {
-        let Some(info) = self
-            .info
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        else {
-            return false;
-        };
-        let sidecar = partial::Sidecar {
-            digest: self.digest.hex(),
-            url: info.url,
-            validator: info.validator,
-            size: info.size,
+        let durable = partial::Durable {
             done,
             pieces: Vec::new(),
             ranged: false,
         };
-        let saved = temp
-            .as_file()
-            .sync_data()
-            .and_then(|()| partial::write(temp.path(), &sidecar));
-        if let Err(e) = &saved {
-            tracing::debug!(path = %temp.path().display(), error = %e, "saving a resume point failed");
-        }
-        saved.is_ok()
+        partial::save(
+            temp.as_file(),
+            temp.path(),
+            &self.digest,
+            &self.info,
+            durable,
+        )
     }
 }
 

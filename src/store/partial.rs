@@ -101,6 +101,49 @@ pub(super) fn write(temp: &Path, sidecar: &Sidecar) -> io::Result<()> {
     fs::rename(&staged, &path)
 }
 
+/// What is durable of one temp file, for its sidecar.
+pub(super) struct Durable {
+    /// Leading bytes.
+    pub done: u64,
+    /// Further ranges (a ranged transfer's pieces).
+    pub pieces: Vec<(u64, u64)>,
+    /// Written by a ranged transfer.
+    pub ranged: bool,
+}
+
+/// Makes `file` (the temp file at `temp`, of `digest`) durable and records
+/// `durable` in its sidecar, when the source named its version (`info`).
+/// Blocking; best effort: a failure only loses the chance to resume.
+pub(super) fn save(
+    file: &fs::File,
+    temp: &Path,
+    digest: &Digest,
+    info: &std::sync::Mutex<Option<SourceInfo>>,
+    durable: Durable,
+) -> bool {
+    let info = info
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let Some(info) = info else {
+        return false;
+    };
+    let sidecar = Sidecar {
+        digest: digest.hex(),
+        url: info.url,
+        validator: info.validator,
+        size: info.size,
+        done: durable.done,
+        pieces: durable.pieces,
+        ranged: durable.ranged,
+    };
+    let saved = file.sync_data().and_then(|()| write(temp, &sidecar));
+    if let Err(e) = &saved {
+        tracing::debug!(path = %temp.display(), error = %e, "saving a resume point failed");
+    }
+    saved.is_ok()
+}
+
 /// Removes `temp`'s sidecar, if any.
 pub(super) fn remove(temp: &Path) {
     let _ = fs::remove_file(sidecar_path(temp));

@@ -238,36 +238,21 @@ impl Pieces {
             .checkpointing
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let Some(info) = self
-            .info
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        else {
-            return false;
-        };
-        let (done, pieces) = {
+        let durable = {
             let coverage = self.shared.lock();
-            let ahead: Vec<(u64, u64)> = coverage.ahead.iter().map(|(&a, &b)| (a, b)).collect();
-            (coverage.contiguous, ahead)
+            partial::Durable {
+                done: coverage.contiguous,
+                pieces: coverage.ahead.iter().map(|(&a, &b)| (a, b)).collect(),
+                ranged: true,
+            }
         };
-        let sidecar = partial::Sidecar {
-            digest: self.expected.hex(),
-            url: info.url,
-            validator: info.validator,
-            size: Some(self.size),
-            done,
-            pieces,
-            ranged: true,
-        };
-        let saved = self
-            .file
-            .sync_data()
-            .and_then(|()| partial::write(&self.temp_path, &sidecar));
-        if let Err(e) = &saved {
-            tracing::debug!(path = %self.temp_path.display(), error = %e, "saving pieces failed");
-        }
-        saved.is_ok()
+        partial::save(
+            &self.file,
+            &self.temp_path,
+            &self.expected,
+            &self.info,
+            durable,
+        )
     }
 
     /// The asset's size.
