@@ -136,7 +136,8 @@ fn pieces(body: &Arc<Vec<u8>>, etag: Option<&'static str>, fault: Fault) -> Repl
 }
 
 /// A fresh daemon reading pieces from 16 MiB on, which fetches `url` and
-/// must get exactly `body`; returned for the test to look at.
+/// must get exactly `body`, leaving nothing in `ingest/` (no temp file, no
+/// sidecar); returned for the test to look at.
 async fn fetch_in_pieces(url: &str, body: &[u8]) -> TestDaemon {
     let daemon = TestDaemon::start_with(&PIECED);
     let fetched = daemon
@@ -147,6 +148,9 @@ async fn fetch_in_pieces(url: &str, body: &[u8]) -> TestDaemon {
         .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()))
         .into_inner();
     assert_eq!(std::fs::read(&fetched.path).unwrap(), body);
+    daemon
+        .wait_ingest_empty(std::time::Duration::from_secs(5))
+        .await;
     daemon
 }
 
@@ -305,50 +309,14 @@ async fn pieces_written_before_a_kill_9_are_not_asked_for_again() {
         ],
     );
     let mut daemon = TestDaemon::start_with(&PIECED);
-    let mut client = daemon.client().await;
-    let request = fetch_req(&url, &digest, "");
-    let task = tokio::spawn(async move {
-        let _ = client.fetch(request).await;
-    });
+    let task = daemon.fetch_in_background(&url, &digest).await;
     // Two of the three pieces are on disk, and said so in the sidecar.
-    let ingest = daemon.root.join("ingest");
-    let saved = || -> u64 {
-        let Ok(entries) = std::fs::read_dir(&ingest) else {
-            return 0;
-        };
-        entries
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
-            .filter_map(|e| std::fs::read(e.path()).ok())
-            .filter_map(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
-            .map(|v| {
-                let ahead: u64 = v["pieces"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|p| Some(p[1].as_u64()? - p[0].as_u64()?))
-                    .sum();
-                v["done"].as_u64().unwrap_or(0) + ahead
-            })
-            .max()
-            .unwrap_or(0)
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while saved() < 16 * MIB as u64 {
-        if std::time::Instant::now() > deadline {
-            let files: Vec<String> = std::fs::read_dir(&ingest)
-                .unwrap()
-                .flatten()
-                .map(|e| {
-                    let text = std::fs::read(e.path()).unwrap_or_default();
-                    let head: String = String::from_utf8_lossy(&text).chars().take(200).collect();
-                    format!("{:?} {head}", e.file_name())
-                })
-                .collect();
-            panic!("two pieces not saved: {files:#?} {:?}", http.ranges());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    crate::common::wait_until(
+        std::time::Duration::from_secs(30),
+        "two pieces saved",
+        || daemon.durable_partial_bytes() >= 16 * MIB as u64,
+    )
+    .await;
     daemon.kill9();
     task.abort();
     daemon.start_again(&PIECED);
@@ -437,4 +405,7 @@ async fn a_piece_that_stalls_is_retried_alone() {
         "{}",
         daemon.log()
     );
+    daemon
+        .wait_ingest_empty(std::time::Duration::from_secs(5))
+        .await;
 }

@@ -16,33 +16,29 @@ async fn fetch_until_a_resume_point(
     url: &str,
     digest: &str,
 ) -> tokio::task::JoinHandle<()> {
-    let mut client = daemon.client().await;
-    let request = fetch_req(url, digest, "");
-    let task = tokio::spawn(async move {
-        let _ = client.fetch(request).await;
-    });
+    let task = daemon.fetch_in_background(url, digest).await;
     // A resume point past 90 MiB (about half way) is on disk.
-    let ingest = daemon.root.join("ingest");
-    let saved = || -> u64 {
-        let Ok(entries) = std::fs::read_dir(&ingest) else {
-            return 0;
-        };
-        entries
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
-            .filter_map(|e| std::fs::read(e.path()).ok())
-            .filter_map(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
-            .filter_map(|v| v["done"].as_u64())
-            .max()
-            .unwrap_or(0)
-    };
     wait_until(
         Duration::from_secs(60),
         "a resume point past 90 MiB",
-        || saved() >= 90 * MIB as u64,
+        || daemon.durable_partial_bytes() >= 90 * MIB as u64,
     )
     .await;
     task
+}
+
+/// `path` on `http`: the whole body, stalling after 110 MiB, then `then`.
+fn stalls_then(http: &HttpServer, body: &[u8], then: Reply) -> String {
+    http.sequence(
+        "/rootfs.img",
+        vec![
+            Reply::Stall {
+                body: body.to_vec(),
+                after: 110 * MIB,
+            },
+            then,
+        ],
+    )
 }
 
 /// Fetches again and checks the bytes; returns the second request's range
@@ -74,16 +70,7 @@ async fn after_kill_9_at_half_way_the_source_sends_only_what_is_missing() {
     let body = random_bytes(200 * MIB, 1300);
     let digest = digest_of(&body);
     let http = HttpServer::start().await;
-    let url = http.sequence(
-        "/rootfs.img",
-        vec![
-            Reply::Stall {
-                body: body.clone(),
-                after: 110 * MIB,
-            },
-            Reply::Ranged(body.clone()),
-        ],
-    );
+    let url = stalls_then(&http, &body, Reply::Ranged(body.clone()));
     let mut daemon = TestDaemon::start();
     let task = fetch_until_a_resume_point(&daemon, &url, &digest).await;
     daemon.kill9();
@@ -113,16 +100,7 @@ async fn a_stop_mid_transfer_keeps_the_bytes_for_the_restart() {
     let body = random_bytes(200 * MIB, 1301);
     let digest = digest_of(&body);
     let http = HttpServer::start().await;
-    let url = http.sequence(
-        "/rootfs.img",
-        vec![
-            Reply::Stall {
-                body: body.clone(),
-                after: 110 * MIB,
-            },
-            Reply::Ranged(body.clone()),
-        ],
-    );
+    let url = stalls_then(&http, &body, Reply::Ranged(body.clone()));
     let mut daemon = TestDaemon::start();
     let task = fetch_until_a_resume_point(&daemon, &url, &digest).await;
     // All 110 MiB sent, and time for the daemon to take them in.
@@ -157,16 +135,7 @@ async fn a_partial_past_its_keep_time_or_changed_upstream_is_not_used() {
     let http = HttpServer::start().await;
     // After the restart the source no longer honours the validator: it
     // answers the resume with the whole object, which starts over.
-    let url = http.sequence(
-        "/rootfs.img",
-        vec![
-            Reply::Stall {
-                body: body.clone(),
-                after: 110 * MIB,
-            },
-            Reply::Body(body.clone()),
-        ],
-    );
+    let url = stalls_then(&http, &body, Reply::Body(body.clone()));
     let mut daemon = TestDaemon::start();
     let task = fetch_until_a_resume_point(&daemon, &url, &digest).await;
     daemon.kill9();

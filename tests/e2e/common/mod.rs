@@ -215,6 +215,44 @@ impl TestDaemon {
     }
 
     /// The daemon's peak resident memory so far, in bytes (VmHWM).
+    /// Starts a fetch of `url` in the background (the task ends with it);
+    /// its result is not looked at.
+    pub async fn fetch_in_background(
+        &self,
+        url: &str,
+        digest: &str,
+    ) -> tokio::task::JoinHandle<()> {
+        let mut client = self.client().await;
+        let request = fetch_req(url, digest, "");
+        tokio::spawn(async move {
+            let _ = client.fetch(request).await;
+        })
+    }
+
+    /// The most bytes a partial download's sidecar in `ingest/` says are
+    /// durable (its prefix and pieces), or 0.
+    pub fn durable_partial_bytes(&self) -> u64 {
+        let Ok(entries) = fs::read_dir(self.root.join("ingest")) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+            .filter_map(|e| fs::read(e.path()).ok())
+            .filter_map(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
+            .map(|v| {
+                let pieces: u64 = v["pieces"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| Some(p[1].as_u64()? - p[0].as_u64()?))
+                    .sum();
+                v["done"].as_u64().unwrap_or(0) + pieces
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// How many file descriptors the daemon has open now.
     pub fn open_fds(&self) -> usize {
         let pid = self.child.as_ref().expect("running").id();
