@@ -470,8 +470,11 @@ impl Store {
             .map_err(StoreError::io("read", &self.ingest))?
             .flatten()
             .map(|e| e.path())
+            // A sidecar, one being written (`.part.new`: a transfer cut off
+            // by the stop may be saving it right now), or a file with one.
             .filter(|p| {
-                p.extension().is_some_and(|e| e == "part") || partial::sidecar_path(p).exists()
+                p.extension().is_some_and(|e| e == "part" || e == "new")
+                    || partial::sidecar_path(p).exists()
             })
             .collect();
         layout::sweep_except(&self.ingest, &keep)
